@@ -1,0 +1,275 @@
+"""The density evaluator: a Gaussian mixture in torch, shared by the EM and the deep model.
+
+Parameters follow scikit-learn's conventions so numbers can be compared directly:
+
+- ``log_weights``: (K,) log mixture weights (log-softmax output or log of EM weights)
+- ``means``: (K, D)
+- ``precisions_cholesky`` P, with precision = P @ P.T (P upper triangular for full/tied):
+    full      (K, D, D)
+    tied      (D, D)
+    diag      (K, D)     per-dimension 1/sigma
+    spherical (K,)       1/sigma shared by all dimensions
+
+Working with Cholesky factors of the precision means the log-determinant is a sum of
+log-diagonals and a Mahalanobis distance is one matrix product: nothing is inverted and
+no N x K x D x D tensor is ever built.  Every function is differentiable.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+COVARIANCE_TYPES = ("full", "diag", "spherical", "tied")
+
+
+def check_covariance_type(covariance_type: str) -> str:
+    if covariance_type not in COVARIANCE_TYPES:
+        raise ValueError(
+            f"covariance_type={covariance_type!r} is not one of {', '.join(COVARIANCE_TYPES)}"
+        )
+    return covariance_type
+
+
+# --------------------------------------------------------------------------- log-determinants
+
+
+def log_det_precision_cholesky(prec_chol: Tensor, covariance_type: str, dim: int) -> Tensor:
+    """log|P| for each component: (K,) or, for tied, a scalar (broadcasts)."""
+    if covariance_type in ("full", "tied"):
+        return torch.diagonal(prec_chol, dim1=-2, dim2=-1).log().sum(-1)
+    if covariance_type == "diag":
+        return prec_chol.log().sum(-1)
+    return dim * prec_chol.log()
+
+
+# --------------------------------------------------------------------------- Mahalanobis terms
+
+
+def _sq_mahalanobis_full(x: Tensor, means: Tensor, prec_chol: Tensor) -> Tensor:
+    # (x - mu_k) P_k for all k with one GEMM: x (N, D) @ [P_1 .. P_K] (D, K*D)
+    n, d = x.shape
+    k = means.shape[0]
+    xp = (x @ prec_chol.permute(1, 0, 2).reshape(d, k * d)).view(n, k, d)
+    mp = torch.einsum("kd,kde->ke", means, prec_chol)
+    return (xp - mp).pow(2).sum(-1)
+
+
+def _sq_mahalanobis_tied(x: Tensor, means: Tensor, prec_chol: Tensor) -> Tensor:
+    xp = x @ prec_chol
+    mp = means @ prec_chol
+    return (xp.unsqueeze(1) - mp).pow(2).sum(-1)
+
+
+def _sq_mahalanobis_diag(x: Tensor, means: Tensor, prec_chol: Tensor) -> Tensor:
+    precisions = prec_chol.pow(2)
+    return (
+        (means.pow(2) * precisions).sum(-1)
+        - 2.0 * x @ (means * precisions).T
+        + x.pow(2) @ precisions.T
+    )
+
+
+def _sq_mahalanobis_spherical(x: Tensor, means: Tensor, prec_chol: Tensor) -> Tensor:
+    precisions = prec_chol.pow(2)
+    sq_dist = (
+        x.pow(2).sum(-1, keepdim=True) - 2.0 * x @ means.T + means.pow(2).sum(-1)
+    )
+    return sq_dist * precisions
+
+
+_SQ_MAHALANOBIS = {
+    "full": _sq_mahalanobis_full,
+    "tied": _sq_mahalanobis_tied,
+    "diag": _sq_mahalanobis_diag,
+    "spherical": _sq_mahalanobis_spherical,
+}
+
+
+def component_log_prob(
+    x: Tensor, means: Tensor, prec_chol: Tensor, covariance_type: str
+) -> Tensor:
+    """log N(x | mu_k, Sigma_k) for every sample and component: (N, D) -> (N, K)."""
+    dim = x.shape[-1]
+    maha = _SQ_MAHALANOBIS[covariance_type](x, means, prec_chol)
+    # The GEMM expansions for diag/spherical can go a hair below zero by cancellation.
+    if covariance_type in ("diag", "spherical"):
+        maha = maha.clamp_min(0.0)
+    log_det = log_det_precision_cholesky(prec_chol, covariance_type, dim)
+    return -0.5 * (dim * math.log(2 * math.pi) + maha) + log_det
+
+
+# --------------------------------------------------------------------------- conversions
+
+
+def precision_cholesky_from_covariance(covariances: Tensor, covariance_type: str) -> Tensor:
+    """Sigma -> P with P P^T = Sigma^{-1}.  Raises ``torch.linalg.LinAlgError`` naming the
+    first component whose covariance is not positive definite."""
+    if covariance_type in ("diag", "spherical"):
+        if bool((covariances <= 0).any()):
+            bad = int((covariances <= 0).reshape(covariances.shape[0], -1).any(-1).nonzero()[0])
+            raise torch.linalg.LinAlgError(f"covariance of component {bad} is not positive")
+        return covariances.rsqrt()
+    batched = covariances if covariance_type == "full" else covariances.unsqueeze(0)
+    cov_chol, info = torch.linalg.cholesky_ex(batched)
+    if bool((info > 0).any()):
+        bad = int((info > 0).nonzero()[0])
+        raise torch.linalg.LinAlgError(
+            f"covariance of component {bad} is not positive definite"
+        )
+    eye = torch.eye(batched.shape[-1], dtype=batched.dtype, device=batched.device)
+    eye = eye.expand_as(batched)
+    prec_chol = torch.linalg.solve_triangular(cov_chol, eye, upper=False).transpose(-1, -2)
+    return prec_chol if covariance_type == "full" else prec_chol[0]
+
+
+def covariance_from_precision_cholesky(prec_chol: Tensor, covariance_type: str) -> Tensor:
+    """P -> Sigma = (P P^T)^{-1} = P^{-T} P^{-1}, through the triangular inverse of P."""
+    if covariance_type in ("diag", "spherical"):
+        return prec_chol.pow(-2)
+    eye = torch.eye(prec_chol.shape[-1], dtype=prec_chol.dtype, device=prec_chol.device)
+    inv = torch.linalg.solve_triangular(prec_chol, eye.expand_as(prec_chol), upper=True)
+    return inv.transpose(-1, -2) @ inv
+
+
+def n_parameters(n_components: int, dim: int, covariance_type: str) -> int:
+    """Number of free parameters (as scikit-learn counts them)."""
+    cov = {
+        "full": n_components * dim * (dim + 1) // 2,
+        "diag": n_components * dim,
+        "tied": dim * (dim + 1) // 2,
+        "spherical": n_components,
+    }[covariance_type]
+    return cov + n_components * dim + n_components - 1
+
+
+# --------------------------------------------------------------------------- the mixture
+
+
+class MixtureDensity:
+    """A Gaussian mixture: ``log_prob``, responsibilities, ``sample``, BIC/AIC.
+
+    Holds references to the tensors it is given, so gradients flow back to whatever
+    produced them (a parameter generator, or EM buffers under ``no_grad``).
+    """
+
+    def __init__(
+        self,
+        log_weights: Tensor,
+        means: Tensor,
+        precisions_cholesky: Tensor,
+        covariance_type: str,
+        validate_args: bool = False,
+    ):
+        self.covariance_type = check_covariance_type(covariance_type)
+        self.log_weights = log_weights
+        self.means = means
+        self.precisions_cholesky = precisions_cholesky
+        if validate_args:
+            self._validate()
+
+    @classmethod
+    def from_covariances(cls, weights: Tensor, means: Tensor, covariances: Tensor,
+                         covariance_type: str) -> "MixtureDensity":
+        prec_chol = precision_cholesky_from_covariance(covariances, covariance_type)
+        return cls(weights.log(), means, prec_chol, covariance_type)
+
+    def _validate(self) -> None:
+        k, d = self.means.shape
+        expected = {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}
+        shape = tuple(self.precisions_cholesky.shape)
+        if shape != expected[self.covariance_type]:
+            raise ValueError(
+                f"precisions_cholesky has shape {shape}, expected {expected[self.covariance_type]} "
+                f"for covariance_type={self.covariance_type!r}"
+            )
+        if self.log_weights.shape != (k,):
+            raise ValueError(f"log_weights has shape {tuple(self.log_weights.shape)}, expected ({k},)")
+        total = self.log_weights.exp().sum()
+        if not torch.isclose(total, torch.ones_like(total), atol=1e-4):
+            raise ValueError(f"mixture weights sum to {float(total):.6f}, not 1")
+
+    @property
+    def n_components(self) -> int:
+        return self.means.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    @property
+    def weights(self) -> Tensor:
+        return self.log_weights.exp()
+
+    @property
+    def covariances(self) -> Tensor:
+        return covariance_from_precision_cholesky(self.precisions_cholesky, self.covariance_type)
+
+    def component_log_prob(self, x: Tensor) -> Tensor:
+        """(N, D) -> (N, K): log pi_k + log N(x | mu_k, Sigma_k)."""
+        return component_log_prob(x, self.means, self.precisions_cholesky,
+                                  self.covariance_type) + self.log_weights
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """(N, D) -> (N,): log p(x), a log-sum-exp over components."""
+        return torch.logsumexp(self.component_log_prob(x), dim=-1)
+
+    def log_responsibilities(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(N, D) -> (log p(x) (N,), log p(k | x) (N, K))."""
+        weighted = self.component_log_prob(x)
+        log_norm = torch.logsumexp(weighted, dim=-1)
+        return log_norm, weighted - log_norm.unsqueeze(-1)
+
+    def responsibilities(self, x: Tensor) -> Tensor:
+        return self.log_responsibilities(x)[1].exp()
+
+    def predict(self, x: Tensor) -> Tensor:
+        return self.component_log_prob(x).argmax(-1)
+
+    def rsample(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Draw n samples (n, D) and their component labels (n,); differentiable in
+        means and precision factors (not in the discrete labels)."""
+        labels = torch.multinomial(self.weights.detach(), n, replacement=True,
+                                   generator=generator)
+        eps = torch.randn(n, self.dim, dtype=self.means.dtype, device=self.means.device,
+                          generator=generator)
+        p = self.precisions_cholesky
+        if self.covariance_type in ("diag", "spherical"):
+            scale = p[labels] if self.covariance_type == "diag" else p[labels].unsqueeze(-1)
+            offset = eps / scale
+        else:
+            # x - mu = eps P^{-1}:  solve P^T (x - mu)^T = eps^T with P^T lower triangular
+            factors = p[labels] if self.covariance_type == "full" else p.expand(n, -1, -1)
+            offset = torch.linalg.solve_triangular(
+                factors.transpose(-1, -2), eps.unsqueeze(-1), upper=False
+            ).squeeze(-1)
+        return self.means[labels] + offset, labels
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        return self.rsample(n, generator)
+
+    def n_parameters(self) -> int:
+        return n_parameters(self.n_components, self.dim, self.covariance_type)
+
+    def bic(self, x: Tensor) -> float:
+        n = x.shape[0]
+        return float(-2.0 * self.log_prob(x).sum() + self.n_parameters() * math.log(n))
+
+    def aic(self, x: Tensor) -> float:
+        return float(-2.0 * self.log_prob(x).sum() + 2.0 * self.n_parameters())
+
+    def to(self, *args, **kwargs) -> "MixtureDensity":
+        return MixtureDensity(self.log_weights.to(*args, **kwargs), self.means.to(*args, **kwargs),
+                              self.precisions_cholesky.to(*args, **kwargs), self.covariance_type)
+
+
+def precision_cholesky_from_precision(precisions: Tensor, covariance_type: str) -> Tensor:
+    """Lambda -> upper-triangular P with P P^T = Lambda, without inverting anything:
+    reverse the index order, take the ordinary Cholesky factor, reverse back."""
+    if covariance_type in ("diag", "spherical"):
+        return precisions.sqrt()
+    flipped = precisions.flip(-1, -2)
+    return torch.linalg.cholesky(flipped).flip(-1, -2)

@@ -1,0 +1,280 @@
+"""Exact EM for Gaussian mixtures over mini-batches: sufficient statistics, M-step, init.
+
+One EM iteration = E-step over all data, batch by batch, adding to ``SufficientStats``,
+then one ``m_step``.  Because the statistics are sums, splitting the data into batches
+or processes (summing with one all-reduce) gives the same iterate as one full batch.
+
+Statistics are accumulated in float64 on data shifted by a fixed centre ``shift``
+(for example the data mean), so sum(r x x^T) - N mu mu^T does not cancel catastrophically.
+The products may run in float32 (``compute_dtype``) for speed; accumulation stays float64.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, fields
+
+import torch
+from torch import Tensor
+
+from .density import MixtureDensity, precision_cholesky_from_covariance
+
+log = logging.getLogger(__name__)
+
+# as scikit-learn: keeps an emptied component's weight and mean finite
+_NK_EPS = 10 * torch.finfo(torch.float64).eps
+
+
+@dataclass
+class SufficientStats:
+    """Sums over samples of r_nk, r_nk (x_n - c), r_nk (x_n - c)(x_n - c)^T (per type),
+    and of log p(x_n).  Shapes: nk (K,), sx (K, D), sxx full (K, D, D), tied (D, D),
+    diag/spherical (K, D)."""
+
+    nk: Tensor
+    sx: Tensor
+    sxx: Tensor
+    log_likelihood: Tensor
+    n_samples: Tensor
+
+    @classmethod
+    def zeros(cls, k: int, d: int, covariance_type: str, device=None) -> "SufficientStats":
+        sxx_shape = {"full": (k, d, d), "tied": (d, d)}.get(covariance_type, (k, d))
+        z = dict(dtype=torch.float64, device=device)
+        return cls(torch.zeros(k, **z), torch.zeros(k, d, **z), torch.zeros(sxx_shape, **z),
+                   torch.zeros((), **z), torch.zeros((), **z))
+
+    def tensors(self) -> list[Tensor]:
+        return [getattr(self, f.name) for f in fields(self)]
+
+    def flat(self) -> Tensor:
+        """All statistics in one vector, so processes can sum them with one all-reduce."""
+        return torch.cat([t.reshape(-1) for t in self.tensors()])
+
+    def load_flat(self, flat: Tensor) -> None:
+        offset = 0
+        for t in self.tensors():
+            t.copy_(flat[offset:offset + t.numel()].view_as(t))
+            offset += t.numel()
+
+
+def accumulate(
+    stats: SufficientStats,
+    x: Tensor,
+    mixture: MixtureDensity,
+    shift: Tensor,
+    compute_dtype: torch.dtype = torch.float64,
+    chunk_size: int = 4096,
+) -> None:
+    """E-step on one batch x (N, D): add its statistics to ``stats`` in place."""
+    cov_type = mixture.covariance_type
+    mixture = mixture.to(compute_dtype)
+    for xc in torch.split(x, chunk_size):
+        xc = xc.to(compute_dtype)
+        log_norm, log_resp = mixture.log_responsibilities(xc)
+        resp = log_resp.exp()
+        centred = xc - shift.to(compute_dtype)
+        stats.log_likelihood += log_norm.sum(dtype=torch.float64)
+        stats.n_samples += xc.shape[0]
+        stats.nk += resp.sum(0, dtype=torch.float64)
+        stats.sx += (resp.T @ centred).double()
+        if cov_type == "full":
+            n, d = centred.shape
+            weighted = (resp.unsqueeze(-1) * centred.unsqueeze(1)).reshape(n, -1)
+            stats.sxx += (weighted.T @ centred).double().view(-1, d, d)
+        elif cov_type == "tied":
+            stats.sxx += (centred.T @ centred).double()
+        else:
+            stats.sxx += (resp.T @ centred.pow(2)).double()
+
+
+@dataclass
+class MStepResult:
+    weights: Tensor
+    means: Tensor
+    covariances: Tensor
+    precisions_cholesky: Tensor
+    empty_components: list[int]
+
+
+def m_step(stats: SufficientStats, shift: Tensor, covariance_type: str,
+           reg_covar: float = 1e-6) -> MStepResult:
+    """New weights, means, covariances (float64) from summed statistics.
+
+    Raises ``torch.linalg.LinAlgError`` naming the component if a covariance is still not
+    positive definite after regularisation."""
+    nk = stats.nk + _NK_EPS
+    n = stats.n_samples
+    centred_means = stats.sx / nk.unsqueeze(-1)
+    means = centred_means + shift.double()
+    d = means.shape[1]
+    if covariance_type == "full":
+        cov = stats.sxx / nk.view(-1, 1, 1) - centred_means.unsqueeze(-1) * centred_means.unsqueeze(1)
+        cov = cov + reg_covar * torch.eye(d, dtype=cov.dtype, device=cov.device)
+    elif covariance_type == "tied":
+        cov = (stats.sxx - (nk.unsqueeze(-1) * centred_means).T @ centred_means) / nk.sum()
+        cov = cov + reg_covar * torch.eye(d, dtype=cov.dtype, device=cov.device)
+    else:
+        cov = stats.sxx / nk.unsqueeze(-1) - centred_means.pow(2) + reg_covar
+        if covariance_type == "spherical":
+            cov = cov.mean(-1)
+    cov, prec_chol = stable_precision_cholesky(_symmetrise(cov, covariance_type),
+                                               covariance_type, reg_covar)
+    empty = (stats.nk <= _NK_EPS * n).nonzero().flatten().tolist()
+    return MStepResult(nk / n, means, cov, prec_chol, empty)
+
+
+def stable_precision_cholesky(cov: Tensor, covariance_type: str, reg_covar: float,
+                              retries: int = 4) -> tuple[Tensor, Tensor]:
+    """Cholesky of the precision; on failure add growing jitter (logged), then give up
+    with an error that names the component and the setting to raise."""
+    jitter = max(reg_covar, 1e-10)
+    for attempt in range(retries + 1):
+        try:
+            return cov, precision_cholesky_from_covariance(cov, covariance_type)
+        except torch.linalg.LinAlgError as err:
+            if attempt == retries:
+                raise torch.linalg.LinAlgError(
+                    f"{err} even after adding jitter {jitter / 10:.1e} to the diagonal; "
+                    f"the data may be degenerate: increase reg_covar (now {reg_covar:g})"
+                ) from None
+            log.warning("%s; retrying with jitter %.1e on the diagonal", err, jitter)
+            cov = _add_to_diagonal(cov, jitter, covariance_type)
+            jitter *= 10
+    raise AssertionError("unreachable")
+
+
+def _add_to_diagonal(cov: Tensor, value: float, covariance_type: str) -> Tensor:
+    if covariance_type in ("full", "tied"):
+        return cov + value * torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
+    return cov + value
+
+
+def _symmetrise(cov: Tensor, covariance_type: str) -> Tensor:
+    if covariance_type in ("full", "tied"):
+        return 0.5 * (cov + cov.transpose(-1, -2))
+    return cov
+
+
+# --------------------------------------------------------------------------- initialisation
+
+
+def kmeans_plus_plus(x: Tensor, k: int, generator: torch.Generator,
+                     n_local_trials: int | None = None) -> Tensor:
+    """Greedy k-means++ seeding (as scikit-learn): (N, D) -> (k, D) centres."""
+    n = x.shape[0]
+    n_local_trials = n_local_trials or 2 + int(torch.tensor(float(k)).log())
+    first = torch.randint(n, (1,), generator=generator, device=x.device)
+    centres = [x[first[0]]]
+    closest = (x - centres[0]).pow(2).sum(-1)
+    for _ in range(1, k):
+        total = closest.sum()
+        if total <= 0:  # fewer distinct points than k: take any remaining point
+            idx = torch.randint(n, (1,), generator=generator, device=x.device)
+            centres.append(x[idx[0]])
+            continue
+        candidates = torch.multinomial(closest / total, n_local_trials, replacement=True,
+                                       generator=generator)
+        dists = torch.cdist(x[candidates], x).pow(2)
+        pot = torch.minimum(closest, dists).sum(-1)
+        best = int(pot.argmin())
+        closest = torch.minimum(closest, dists[best])
+        centres.append(x[candidates[best]])
+    return torch.stack(centres)
+
+
+def lloyd(x: Tensor, centres: Tensor, n_iter: int = 10) -> tuple[Tensor, Tensor]:
+    """A few Lloyd iterations; empty clusters keep their centre.  Returns (centres, labels)."""
+    labels = torch.cdist(x, centres).argmin(-1)
+    for _ in range(n_iter):
+        one_hot = torch.nn.functional.one_hot(labels, centres.shape[0]).to(x.dtype)
+        counts = one_hot.sum(0)
+        sums = one_hot.T @ x
+        keep = counts > 0
+        centres = torch.where(keep.unsqueeze(-1), sums / counts.clamp_min(1).unsqueeze(-1), centres)
+        new_labels = torch.cdist(x, centres).argmin(-1)
+        if torch.equal(new_labels, labels):
+            break
+        labels = new_labels
+    return centres, labels
+
+
+def initial_responsibilities(x: Tensor, k: int, method: str,
+                             generator: torch.Generator) -> Tensor:
+    """(N, K) responsibilities to start EM from, as scikit-learn's ``init_params``."""
+    n = x.shape[0]
+    if method == "kmeans":
+        _, labels = lloyd(x, kmeans_plus_plus(x, k, generator))
+        return torch.nn.functional.one_hot(labels, k).to(x.dtype)
+    if method == "k-means++":
+        centres = kmeans_plus_plus(x, k, generator)
+        labels = torch.cdist(x, centres).argmin(-1)
+        return torch.nn.functional.one_hot(labels, k).to(x.dtype)
+    if method == "random":
+        resp = torch.rand(n, k, generator=generator, dtype=x.dtype, device=x.device)
+        return resp / resp.sum(-1, keepdim=True)
+    if method == "random_from_data":
+        idx = torch.randperm(n, generator=generator, device=x.device)[:k]
+        labels = torch.cdist(x, x[idx]).argmin(-1)
+        return torch.nn.functional.one_hot(labels, k).to(x.dtype)
+    raise ValueError(
+        f"init_params={method!r} is not one of kmeans, k-means++, random, random_from_data"
+    )
+
+
+def stats_from_responsibilities(x: Tensor, resp: Tensor, shift: Tensor,
+                                covariance_type: str) -> SufficientStats:
+    """Statistics for given responsibilities (used to turn an init into parameters)."""
+    x = x.double()
+    resp = resp.double()
+    centred = x - shift.double()
+    k, d = resp.shape[1], x.shape[1]
+    stats = SufficientStats.zeros(k, d, covariance_type, device=x.device)
+    stats.nk += resp.sum(0)
+    stats.sx += resp.T @ centred
+    stats.n_samples += x.shape[0]
+    if covariance_type == "full":
+        stats.sxx += torch.einsum("nk,nd,ne->kde", resp, centred, centred)
+    elif covariance_type == "tied":
+        stats.sxx += centred.T @ centred
+    else:
+        stats.sxx += resp.T @ centred.pow(2)
+    return stats
+
+
+class WorstPoints:
+    """Keeps the m samples with the lowest log-likelihood seen in an E-step: the places an
+    emptied component is moved to."""
+
+    def __init__(self, m: int):
+        self.m = m
+        self.points: Tensor | None = None
+        self.scores: Tensor | None = None
+
+    def update(self, x: Tensor, log_likelihood: Tensor) -> None:
+        x = x.detach().double()
+        scores = log_likelihood.detach().double()
+        if self.points is not None:
+            x = torch.cat([self.points, x])
+            scores = torch.cat([self.scores, scores])
+        keep = torch.topk(scores, min(self.m, scores.shape[0]), largest=False).indices
+        self.points, self.scores = x[keep], scores[keep]
+
+
+def reseed_empty(result: MStepResult, candidates: Tensor, covariance_type: str) -> MStepResult:
+    """Move each emptied component onto one of the worst-explained candidate points, with
+    the average covariance of the others and a small weight; keeps the mixture valid."""
+    empty = result.empty_components
+    if not empty:
+        return result
+    k = result.weights.shape[0]
+    alive = [i for i in range(k) if i not in empty]
+    means, cov, weights = result.means.clone(), result.covariances.clone(), result.weights.clone()
+    for slot, comp in enumerate(empty):
+        means[comp] = candidates[slot % candidates.shape[0]].to(means)
+        if covariance_type != "tied" and alive:
+            cov[comp] = cov[alive].mean(0)
+        weights[comp] = 1.0 / (k * 100)
+    weights = weights / weights.sum()
+    prec_chol = precision_cholesky_from_covariance(cov, covariance_type)
+    return MStepResult(weights, means, cov, prec_chol, empty)

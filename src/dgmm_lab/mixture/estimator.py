@@ -1,0 +1,213 @@
+"""``GaussianMixture``: a scikit-learn-compatible estimator on the project's EM code.
+
+Same constructor, attributes and methods as ``sklearn.mixture.GaussianMixture``; runs the
+mini-batch EM of ``em.py`` (the LightningModule runs the same functions) on CPU or GPU.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, DensityMixin
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from . import em
+from .density import (
+    COVARIANCE_TYPES,
+    MixtureDensity,
+    covariance_from_precision_cholesky,
+    precision_cholesky_from_precision,
+)
+
+INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
+
+
+class GaussianMixture(DensityMixin, BaseEstimator):
+    """Gaussian mixture fitted by exact (mini-batch) EM in torch.
+
+    Extra arguments beyond scikit-learn's: ``device``; ``batch_size`` (rows per E-step
+    batch, None for all); ``compute_dtype`` ("float64", or "float32" for faster products
+    with float64 accumulation of the statistics).
+    """
+
+    def __init__(self, n_components=1, *, covariance_type="full", tol=1e-3, reg_covar=1e-6,
+                 max_iter=100, n_init=1, init_params="kmeans", weights_init=None,
+                 means_init=None, precisions_init=None, random_state=None, warm_start=False,
+                 verbose=0, device="cpu", batch_size=None, compute_dtype="float64"):
+        self.n_components = n_components
+        self.covariance_type = covariance_type
+        self.tol = tol
+        self.reg_covar = reg_covar
+        self.max_iter = max_iter
+        self.n_init = n_init
+        self.init_params = init_params
+        self.weights_init = weights_init
+        self.means_init = means_init
+        self.precisions_init = precisions_init
+        self.random_state = random_state
+        self.warm_start = warm_start
+        self.verbose = verbose
+        self.device = device
+        self.batch_size = batch_size
+        self.compute_dtype = compute_dtype
+
+    # ------------------------------------------------------------------ checks
+    def _check_parameters(self, n_samples: int) -> None:
+        if not isinstance(self.n_components, (int, np.integer)) or self.n_components < 1:
+            raise ValueError(f"n_components={self.n_components!r} must be an integer >= 1")
+        if self.covariance_type not in COVARIANCE_TYPES:
+            raise ValueError(f"covariance_type={self.covariance_type!r} is not one of "
+                             f"{', '.join(COVARIANCE_TYPES)}")
+        if self.init_params not in INIT_METHODS:
+            raise ValueError(f"init_params={self.init_params!r} is not one of "
+                             f"{', '.join(INIT_METHODS)}")
+        if self.n_components > n_samples:
+            raise ValueError(f"n_components={self.n_components} must be <= n_samples={n_samples}")
+        for name, value, low in (("tol", self.tol, 0), ("reg_covar", self.reg_covar, 0),
+                                 ("max_iter", self.max_iter, 1), ("n_init", self.n_init, 1)):
+            if value < low:
+                raise ValueError(f"{name}={value!r} must be >= {low}")
+        if self.compute_dtype not in ("float64", "float32"):
+            raise ValueError(f"compute_dtype={self.compute_dtype!r} is not one of float64, float32")
+
+    def _tensor(self, a) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(a, dtype=np.float64), device=self.device)
+
+    def _to_tensor(self, X, reset: bool) -> torch.Tensor:
+        if isinstance(X, torch.Tensor):
+            X = X.detach().cpu().numpy()
+        X = validate_data(self, X, reset=reset, dtype=np.float64, ensure_min_samples=1)
+        return torch.as_tensor(X, device=self.device)
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, X, y=None):
+        self.fit_predict(X, y)
+        return self
+
+    def fit_predict(self, X, y=None):
+        x = self._to_tensor(X, reset=True)
+        n, d = x.shape
+        self._check_parameters(n)
+        seed = self.random_state if isinstance(self.random_state, (int, np.integer)) else None
+        generator = torch.Generator(device=x.device)
+        generator.manual_seed(int(seed) if seed is not None else
+                              int(np.random.default_rng(self.random_state).integers(2**31)))
+        shift = x.mean(0)
+        warm = self.warm_start and hasattr(self, "converged_")
+        best = None
+        for _ in range(1 if warm else self.n_init):
+            mixture = self._previous_mixture() if warm else self._initial_mixture(x, shift, generator)
+            result = self._run_em(x, mixture, shift)
+            if best is None or result["lower_bound"] > best["lower_bound"]:
+                best = result
+        self._set_fitted(best)
+        if not self.converged_ and self.max_iter > 0:
+            warnings.warn(
+                f"EM did not converge in {self.max_iter} iterations (tol={self.tol}); "
+                "raise max_iter or tol, or check the data", ConvergenceWarning)
+        return self.predict(X)
+
+    def _initial_mixture(self, x, shift, generator) -> MixtureDensity:
+        given = (self.weights_init, self.means_init, self.precisions_init)
+        if all(v is not None for v in given):
+            weights = self._tensor(self.weights_init)
+            means = self._tensor(self.means_init)
+            prec_chol = precision_cholesky_from_precision(self._tensor(self.precisions_init),
+                                                          self.covariance_type)
+            return MixtureDensity(weights.log(), means, prec_chol, self.covariance_type)
+        resp = em.initial_responsibilities(x, self.n_components, self.init_params, generator)
+        stats = em.stats_from_responsibilities(x, resp, shift, self.covariance_type)
+        r = em.m_step(stats, shift, self.covariance_type, self.reg_covar)
+        weights, means, prec_chol = r.weights, r.means, r.precisions_cholesky
+        if self.weights_init is not None:
+            weights = self._tensor(self.weights_init)
+        if self.means_init is not None:
+            means = self._tensor(self.means_init)
+        if self.precisions_init is not None:
+            prec_chol = precision_cholesky_from_precision(self._tensor(self.precisions_init),
+                                                          self.covariance_type)
+        return MixtureDensity(weights.log(), means, prec_chol, self.covariance_type)
+
+    def _previous_mixture(self) -> MixtureDensity:
+        return MixtureDensity(self._tensor(self.weights_).log(), self._tensor(self.means_),
+                              self._tensor(self.precisions_cholesky_), self.covariance_type)
+
+    def _run_em(self, x, mixture, shift) -> dict:
+        compute_dtype = getattr(torch, self.compute_dtype)
+        batch = self.batch_size or x.shape[0]
+        lower_bound, converged, n_iter = -math.inf, False, 0
+        for n_iter in range(1, self.max_iter + 1):
+            stats = em.SufficientStats.zeros(self.n_components, x.shape[1],
+                                             self.covariance_type, device=x.device)
+            for xb in torch.split(x, batch):
+                em.accumulate(stats, xb, mixture, shift, compute_dtype)
+            previous, lower_bound = lower_bound, float(stats.log_likelihood / stats.n_samples)
+            result = em.m_step(stats, shift, self.covariance_type, self.reg_covar)
+            if result.empty_components:
+                worst = em.WorstPoints(len(result.empty_components))
+                worst.update(x, mixture.log_prob(x))
+                warnings.warn(f"components {result.empty_components} lost all their mass "
+                              "and were re-seeded at the worst-explained points")
+                result = em.reseed_empty(result, worst.points, self.covariance_type)
+            mixture = MixtureDensity(result.weights.log(), result.means,
+                                     result.precisions_cholesky, self.covariance_type)
+            if self.verbose:
+                print(f"iteration {n_iter}: mean log-likelihood {lower_bound:.6f}")
+            if abs(lower_bound - previous) < self.tol:
+                converged = True
+                break
+        return dict(mixture=mixture, lower_bound=lower_bound, converged=converged, n_iter=n_iter)
+
+    def _set_fitted(self, result: dict) -> None:
+        m: MixtureDensity = result["mixture"]
+        self._mixture = m
+        self.weights_ = m.weights.cpu().numpy()
+        self.means_ = m.means.cpu().numpy()
+        self.precisions_cholesky_ = m.precisions_cholesky.cpu().numpy()
+        self.covariances_ = covariance_from_precision_cholesky(
+            m.precisions_cholesky, self.covariance_type).cpu().numpy()
+        p = m.precisions_cholesky
+        precisions = p.pow(2) if self.covariance_type in ("diag", "spherical") else p @ p.transpose(-1, -2)
+        self.precisions_ = precisions.cpu().numpy()
+        self.converged_ = result["converged"]
+        self.n_iter_ = result["n_iter"]
+        self.lower_bound_ = result["lower_bound"]
+
+    # ------------------------------------------------------------------ inference
+    def _scored(self, X) -> torch.Tensor:
+        check_is_fitted(self)
+        return self._to_tensor(X, reset=False)
+
+    def score_samples(self, X):
+        return self._mixture.log_prob(self._scored(X)).cpu().numpy()
+
+    def score(self, X, y=None):
+        return float(self.score_samples(X).mean())
+
+    def predict(self, X):
+        return self._mixture.predict(self._scored(X)).cpu().numpy()
+
+    def predict_proba(self, X):
+        return self._mixture.responsibilities(self._scored(X)).cpu().numpy()
+
+    def sample(self, n_samples=1):
+        check_is_fitted(self)
+        if n_samples < 1:
+            raise ValueError(f"n_samples={n_samples!r} must be >= 1")
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(int(np.random.default_rng(self.random_state).integers(2**31)))
+        x, labels = self._mixture.sample(n_samples, generator)
+        return x.cpu().numpy(), labels.cpu().numpy()
+
+    def bic(self, X):
+        return self._mixture.bic(self._scored(X))
+
+    def aic(self, X):
+        return self._mixture.aic(self._scored(X))
+
+    def _n_parameters(self) -> int:
+        return self._mixture.n_parameters()
