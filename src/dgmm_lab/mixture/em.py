@@ -65,15 +65,18 @@ def accumulate(
     shift: Tensor,
     compute_dtype: torch.dtype = torch.float64,
     chunk_size: int = 4096,
-) -> None:
-    """E-step on one batch x (N, D): add its statistics to ``stats`` in place."""
+) -> Tensor:
+    """E-step on one batch x (N, D): add its statistics to ``stats`` in place; returns
+    log p(x) per sample (N,)."""
     cov_type = mixture.covariance_type
     mixture = mixture.to(compute_dtype)
+    log_likelihoods = []
     for xc in torch.split(x, chunk_size):
         xc = xc.to(compute_dtype)
         log_norm, log_resp = mixture.log_responsibilities(xc)
         resp = log_resp.exp()
         centred = xc - shift.to(compute_dtype)
+        log_likelihoods.append(log_norm)
         stats.log_likelihood += log_norm.sum(dtype=torch.float64)
         stats.n_samples += xc.shape[0]
         stats.nk += resp.sum(0, dtype=torch.float64)
@@ -86,6 +89,7 @@ def accumulate(
             stats.sxx += (centred.T @ centred).double()
         else:
             stats.sxx += (resp.T @ centred.pow(2)).double()
+    return torch.cat(log_likelihoods)
 
 
 @dataclass

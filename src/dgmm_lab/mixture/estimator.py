@@ -143,13 +143,13 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         for n_iter in range(1, self.max_iter + 1):
             stats = em.SufficientStats.zeros(self.n_components, x.shape[1],
                                              self.covariance_type, device=x.device)
-            for xb in torch.split(x, batch):
-                em.accumulate(stats, xb, mixture, shift, compute_dtype)
+            log_p = torch.cat([em.accumulate(stats, xb, mixture, shift, compute_dtype)
+                               for xb in torch.split(x, batch)])
             previous, lower_bound = lower_bound, float(stats.log_likelihood / stats.n_samples)
             result = em.m_step(stats, shift, self.covariance_type, self.reg_covar)
             if result.empty_components:
                 worst = em.WorstPoints(len(result.empty_components))
-                worst.update(x, mixture.log_prob(x))
+                worst.update(x, log_p)
                 warnings.warn(f"components {result.empty_components} lost all their mass "
                               "and were re-seeded at the worst-explained points")
                 result = em.reseed_empty(result, worst.points, self.covariance_type)

@@ -1,0 +1,70 @@
+"""A LightningDataModule over in-memory tensors, with seeded train/val/test splits."""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, TensorDataset
+
+
+class TensorDataModule(pl.LightningDataModule):
+    """Subclasses implement ``load()`` -> (x, labels) or supply their own splits by
+    overriding ``make_splits()``.  Batches are ``(x, y)``."""
+
+    def __init__(self, batch_size: int = 256, eval_batch_size: int | None = None,
+                 val_fraction: float = 0.1, test_fraction: float = 0.2, split_seed: int = 0,
+                 num_workers: int = 0):
+        super().__init__()
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or max(batch_size, 1024)
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.split_seed, self.num_workers = split_seed, num_workers
+        self.splits: dict[str, TensorDataset] = {}
+
+    # image shape of one sample, e.g. (1, 28, 28); None for plain vectors
+    image_shape: tuple[int, ...] | None = None
+
+    def load(self) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def make_splits(self) -> dict[str, TensorDataset]:
+        x, y = self.load()
+        n = x.shape[0]
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
+        n_test, n_val = int(n * self.test_fraction), int(n * self.val_fraction)
+        parts = {"test": order[:n_test], "val": order[n_test:n_test + n_val],
+                 "train": order[n_test + n_val:]}
+        return {name: TensorDataset(x[idx].float(), y[idx]) for name, idx in parts.items()}
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self.splits:
+            self.splits = self.make_splits()
+
+    def tensors(self, split: str = "train") -> tuple[Tensor, Tensor]:
+        self.setup()
+        return self.splits[split].tensors
+
+    @property
+    def n_train(self) -> int:
+        return len(self.tensors("train")[0])
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.tensors("train")[0].shape[1:])
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        self.setup()
+        size = self.batch_size if split == "train" else self.eval_batch_size
+        g = torch.Generator().manual_seed(self.split_seed)
+        return DataLoader(self.splits[split], batch_size=size, shuffle=shuffle, generator=g,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

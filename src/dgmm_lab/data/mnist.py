@@ -1,0 +1,93 @@
+"""MNIST through ``torchvision.datasets.MNIST``: train/val from the 60k, the 10k as test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.utils.data import TensorDataset
+
+from .base import TensorDataModule
+
+RAW_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+             "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+SCALINGS = ("unit", "standardize")
+
+
+class MNISTDataModule(TensorDataModule):
+    """``data_dir`` holds ``MNIST/raw/*.gz``; it may be read-only: the raw files are then
+    linked into ``cache_dir`` where torchvision verifies (md5) and extracts them.
+
+    ``scaling``: ``unit`` ([0, 1]) or ``standardize`` (zero mean, unit variance over the
+    training pixels).  ``limit_train`` keeps the first n training images (quick runs).
+    """
+
+    image_shape = (1, 28, 28)
+    offset, scale = 0.0, 1.0  # standardisation, fitted on the training pixels
+
+    def __init__(self, data_dir: str, cache_dir: str | None = None, flatten: bool = False,
+                 scaling: str = "unit", val_size: int = 5000, limit_train: int | None = None,
+                 limit_test: int | None = None, download: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        if scaling not in SCALINGS:
+            raise ValueError(f"data.scaling={scaling!r} is not one of {', '.join(SCALINGS)}")
+        self.data_dir, self.cache_dir = Path(data_dir), Path(cache_dir or data_dir)
+        self.flatten, self.scaling, self.val_size = flatten, scaling, val_size
+        self.limit_train, self.limit_test, self.download = limit_train, limit_test, download
+
+    def _root(self) -> Path:
+        """Where torchvision should look: data_dir if writable, else a cache of links."""
+        raw = self.data_dir / "MNIST" / "raw"
+        if self.cache_dir == self.data_dir or not all((raw / f).exists() for f in RAW_FILES):
+            return self.data_dir
+        cache_raw = self.cache_dir / "MNIST" / "raw"
+        cache_raw.mkdir(parents=True, exist_ok=True)
+        for f in RAW_FILES:
+            link = cache_raw / f
+            if not link.exists():
+                link.symlink_to((raw / f).resolve())
+        return self.cache_dir
+
+    def _read(self, train: bool) -> tuple[Tensor, Tensor]:
+        from torchvision.datasets import MNIST
+
+        try:
+            ds = MNIST(root=str(self._root()), train=train, download=self.download)
+        except (RuntimeError, OSError) as err:
+            raise FileNotFoundError(
+                f"MNIST not found and not downloadable ({err}); put the four files "
+                f"{', '.join(RAW_FILES)} into {self.data_dir / 'MNIST' / 'raw'} "
+                "(or set DGMM_LAB_DATA_DIR to a folder holding MNIST/raw/)"
+            ) from None
+        return ds.data, ds.targets
+
+    def make_splits(self) -> dict[str, TensorDataset]:
+        x_all, y_all = self._read(train=True)
+        x_test, y_test = self._read(train=False)
+        order = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(self.split_seed))
+        val_idx, train_idx = order[:self.val_size], order[self.val_size:]
+        if self.limit_train:
+            train_idx = train_idx[:self.limit_train]
+            val_idx = val_idx[:max(1, self.limit_train // 5)]
+        if self.limit_test:
+            x_test, y_test = x_test[:self.limit_test], y_test[:self.limit_test]
+        if self.scaling == "standardize":
+            pixels = self._scale(x_all[train_idx])
+            self.offset, self.scale = float(pixels.mean()), float(pixels.std())
+
+        def prep(x: Tensor) -> Tensor:
+            return (self._scale(x) - self.offset) / self.scale
+
+        return {"train": TensorDataset(prep(x_all[train_idx]), y_all[train_idx]),
+                "val": TensorDataset(prep(x_all[val_idx]), y_all[val_idx]),
+                "test": TensorDataset(prep(x_test), y_test)}
+
+    def _scale(self, x: Tensor) -> Tensor:
+        x = x.float().div(255.0).unsqueeze(1)
+        return x.flatten(1) if self.flatten else x
+
+    @property
+    def pixel_scale(self) -> float:
+        """Size of one grey level in the data's units (for dequantisation and bits/dim)."""
+        return 1.0 / 255.0 / self.scale

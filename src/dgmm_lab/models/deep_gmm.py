@@ -1,0 +1,158 @@
+"""The deep GMM as a LightningModule: feature extractor -> parameter generator -> density
+evaluator, trained end-to-end with one of the principled objectives.
+
+The three networks live in ``nets/feature_extractor.py`` (or ``nets/flow.py``),
+``nets/parameter_generator.py`` and ``mixture/density.py``; ``objectives/`` combines them
+into a loss.  This module adds optimisation, start values (k-means or EM on pre-trained
+codes, cached), NaN guards and the collapse monitor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ..nets.feature_extractor import FeatureExtractor
+from ..objectives import OBJECTIVES
+from .base import MixtureModule
+
+log = logging.getLogger(__name__)
+
+
+def all_reduce_with_grad(t: Tensor) -> Tensor:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        from torch.distributed.nn.functional import all_reduce
+
+        return all_reduce(t)
+    return t
+
+
+class DeepGMM(MixtureModule):
+    def __init__(self, backbone: FeatureExtractor, objective: str, n_components: int,
+                 covariance_type: str = "full", lr: float = 1e-3, weight_decay: float = 0.0,
+                 lr_schedule: str = "cosine", min_scale: float = 1e-3,
+                 lambda_energy: float = 0.1, lambda_cov: float = 0.005,
+                 likelihood: str = "bernoulli", pretrain_epochs: int = 0, pretrain_lr: float = 1e-3,
+                 pretrain_cache_dir: str | None = None, n_init: int = 1,
+                 init_max_samples: int = 20000, seed: int = 0):
+        super().__init__()
+        self.save_hyperparameters(ignore=["backbone"], logger=False)
+        self.objective = OBJECTIVES[objective](
+            backbone, n_components, covariance_type, min_scale=min_scale,
+            lambda_energy=lambda_energy, lambda_cov=lambda_cov, likelihood=likelihood)
+        self.register_buffer("initialized", torch.tensor(False))
+
+    @property
+    def backbone(self) -> FeatureExtractor:
+        return self.objective.backbone
+
+    # ------------------------------------------------------------------ start values
+    def on_fit_start(self) -> None:
+        if bool(self.initialized):
+            return  # resumed from a checkpoint
+        x = self._init_sample()
+        if self.backbone.needs_fit:
+            self.backbone.fit(x)
+        if self.hparams.pretrain_epochs > 0 and hasattr(self.objective, "pretrain_loss"):
+            self._pretrain()
+        g = torch.Generator(device=self.device).manual_seed(self.hparams.seed)
+        self.objective.initialize(x, g, n_init=self.hparams.n_init)
+        self.initialized.fill_(True)
+
+    def _init_sample(self) -> Tensor:
+        x, _ = self.trainer.datamodule.tensors("train")
+        n = min(x.shape[0], self.hparams.init_max_samples)
+        idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(self.hparams.seed))[:n]
+        return x[idx].to(self.device)
+
+    def _pretrain_cache(self) -> Path | None:
+        if not self.hparams.pretrain_cache_dir:
+            return None
+        dm = self.trainer.datamodule
+        key = repr((type(self.backbone).__name__, sorted(dm.hparams.items()) if hasattr(dm, "hparams") else None,
+                    dm.n_train, self.backbone.out_dim, sum(p.numel() for p in self.backbone.parameters()),
+                    self.hparams.pretrain_epochs, self.hparams.pretrain_lr, self.hparams.seed,
+                    self.hparams.likelihood))
+        digest = hashlib.sha1(key.encode()).hexdigest()[:16]
+        return Path(self.hparams.pretrain_cache_dir) / f"pretrain-{digest}.pt"
+
+    def _pretrain(self) -> None:
+        """Autoencoder pre-training (reconstruction only), cached on disk by its settings so
+        a sweep over K or covariance type pre-trains once."""
+        cache = self._pretrain_cache()
+        if cache is not None and cache.exists():
+            self.objective.load_state_dict(torch.load(cache, map_location=self.device))
+            log.info("pre-trained autoencoder loaded from %s", cache)
+            return
+        params = [p for n, p in self.objective.named_parameters() if not n.startswith("parameter_generator")]
+        opt = torch.optim.Adam(params, lr=self.hparams.pretrain_lr)
+        loader = self.trainer.datamodule.train_dataloader()
+        for epoch in range(self.hparams.pretrain_epochs):
+            total = 0.0
+            for x, _ in loader:
+                loss = self.objective.pretrain_loss(x.to(self.device))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total += float(loss)
+            log.info("pre-training epoch %d: reconstruction %.4f", epoch, total / len(loader))
+        if cache is not None and self.global_rank == 0:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(self.objective.state_dict(), cache)
+
+    # ------------------------------------------------------------------ training
+    def configure_optimizers(self):
+        opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr,
+                               weight_decay=self.hparams.weight_decay)
+        if self.hparams.lr_schedule == "none":
+            return opt
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.trainer.max_epochs))
+        return {"optimizer": opt, "lr_scheduler": sched}
+
+    def on_train_epoch_start(self) -> None:
+        if hasattr(self.objective, "on_train_epoch_start"):
+            self.objective.on_train_epoch_start()
+
+    def training_step(self, batch, batch_idx):
+        x, _ = batch
+        loss, parts = self.objective.loss(x, reduce=all_reduce_with_grad)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite loss {float(loss)} at epoch {self.current_epoch}, step "
+                f"{self.global_step} (parts: { {k: float(v) for k, v in parts.items()} }); "
+                "training stopped before anything was saved: lower model.lr, raise "
+                "model.min_scale or set trainer.gradient_clip_val")
+        self.log("train/loss", loss, prog_bar=True)
+        self.log_dict({f"train/{k}": v for k, v in parts.items()})
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        with torch.no_grad():
+            mixture = self.objective.mixture()
+            weights = mixture.weights.double()
+            entropy = -(weights * weights.clamp_min(1e-30).log()).sum()
+            cov = mixture.covariances.double()
+            eig = torch.linalg.eigvalsh(cov) if mixture.covariance_type in ("full", "tied") else cov
+        self.log_dict({"train/min_covariance_eigenvalue": float(eig.min()),
+                       "train/effective_components": float(entropy.exp())})
+
+    # ------------------------------------------------------------------ inference
+    def log_prob(self, x: Tensor) -> Tensor:
+        return self.objective.log_prob(x)
+
+    def predict(self, x: Tensor) -> Tensor:
+        return self.objective.cluster(x)
+
+    @torch.no_grad()
+    def evaluate_batch(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.objective.log_prob(x), self.objective.cluster(x)
+
+    @torch.no_grad()
+    def sample(self, n: int) -> Tensor:
+        return self.objective.sample(n)

@@ -1,0 +1,180 @@
+"""The classical GMM as a LightningModule: one epoch = one exact EM iteration.
+
+Training batches only accumulate sufficient statistics (``mixture/em.py``); after the
+last batch of an epoch the statistics are summed over processes with one all-reduce and
+the M-step runs, identically on every rank.  The M-step runs before validation, so
+``val/*`` of epoch t describe the mixture after iteration t.  Parameters are buffers;
+there is no optimiser.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import torch
+from torch import Tensor
+
+from ..mixture import em
+from ..mixture.density import MixtureDensity, check_covariance_type
+from ..nets.feature_extractor import FeatureExtractor
+from .base import MixtureModule, all_reduce_sum
+
+log = logging.getLogger(__name__)
+
+
+class EMGMM(MixtureModule):
+    def __init__(self, backbone: FeatureExtractor, n_components: int, covariance_type: str = "full",
+                 tol: float = 1e-3, reg_covar: float = 1e-6, max_iter: int = 100,
+                 init_params: str = "kmeans", n_init: int = 1, init_max_samples: int = 20000,
+                 init_em_steps: int = 5, compute_dtype: str = "float64", seed: int = 0):
+        super().__init__()
+        self.save_hyperparameters(ignore=["backbone"], logger=False)
+        self.automatic_optimization = False
+        self.backbone = backbone
+        self.covariance_type = check_covariance_type(covariance_type)
+        k, d = n_components, backbone.out_dim
+        prec_shape = {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}
+        self.register_buffer("log_weights", torch.full((k,), -math.log(k), dtype=torch.float64))
+        self.register_buffer("means", torch.zeros(k, d, dtype=torch.float64))
+        self.register_buffer("precisions_cholesky", torch.ones(prec_shape[covariance_type], dtype=torch.float64))
+        self.register_buffer("shift", torch.zeros(d, dtype=torch.float64))
+        self.register_buffer("lower_bound", torch.tensor(-math.inf, dtype=torch.float64))
+        self.register_buffer("n_iter", torch.tensor(0))
+        self.register_buffer("initialized", torch.tensor(False))
+        self.compute_dtype = getattr(torch, compute_dtype)
+
+    @property
+    def mixture(self) -> MixtureDensity:
+        return MixtureDensity(self.log_weights, self.means, self.precisions_cholesky,
+                              self.covariance_type)
+
+    def _set_mixture(self, weights: Tensor, means: Tensor, prec_chol: Tensor) -> None:
+        for name, value in (("log_weights", weights.log()), ("means", means),
+                            ("precisions_cholesky", prec_chol)):
+            if not torch.isfinite(value).all():
+                raise FloatingPointError(f"EM produced non-finite {name}; not saving it")
+            getattr(self, name).copy_(value)
+
+    def configure_optimizers(self):
+        return None
+
+    # ------------------------------------------------------------------ init
+    def on_fit_start(self) -> None:
+        if bool(self.initialized):
+            return  # resumed from a checkpoint
+        x = self._init_sample()
+        if self.backbone.needs_fit:
+            self.backbone.fit(x)
+        z = self.backbone(x).double()
+        self.shift.copy_(z.mean(0))
+        best = None
+        g = torch.Generator(device=z.device).manual_seed(self.hparams.seed)
+        for _ in range(self.hparams.n_init):
+            result = self._initial_em(z, g)
+            if best is None or result[0] > best[0]:
+                best = result
+        self._set_mixture(*best[1:])
+        self.initialized.fill_(True)
+
+    def _init_sample(self) -> Tensor:
+        """The same seeded subsample of the training split on every rank (no communication)."""
+        x, _ = self.trainer.datamodule.tensors("train")
+        n = min(x.shape[0], self.hparams.init_max_samples)
+        idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(self.hparams.seed))[:n]
+        return x[idx].to(self.device)
+
+    def _initial_em(self, z: Tensor, g: torch.Generator):
+        """One initialisation, refined by a few EM steps on the subsample; the restart with
+        the best mean log-likelihood is kept (``n_init``)."""
+        k = self.hparams.n_components
+        resp = em.initial_responsibilities(z, k, self.hparams.init_params, g)
+        stats = em.stats_from_responsibilities(z, resp, self.shift, self.covariance_type)
+        r = em.m_step(stats, self.shift, self.covariance_type, self.hparams.reg_covar)
+        lower_bound = -math.inf
+        for _ in range(self.hparams.init_em_steps):
+            mixture = MixtureDensity(r.weights.log(), r.means, r.precisions_cholesky, self.covariance_type)
+            stats = em.SufficientStats.zeros(k, z.shape[1], self.covariance_type, z.device)
+            em.accumulate(stats, z, mixture, self.shift, self.compute_dtype)
+            lower_bound = float(stats.log_likelihood / stats.n_samples)
+            r = em.m_step(stats, self.shift, self.covariance_type, self.hparams.reg_covar)
+        return lower_bound, r.weights, r.means, r.precisions_cholesky
+
+    # ------------------------------------------------------------------ EM iteration
+    def on_train_epoch_start(self) -> None:
+        k, d = self.means.shape
+        self._stats = em.SufficientStats.zeros(k, d, self.covariance_type, self.device)
+        self._worst = em.WorstPoints(k)
+        self._t0 = time.perf_counter()
+
+    def training_step(self, batch, batch_idx):
+        x, _ = batch
+        with torch.no_grad():
+            z = self.backbone(x)
+            log_p = em.accumulate(self._stats, z, self.mixture, self.shift, self.compute_dtype)
+            self._worst.update(z, log_p)
+        if self.trainer.is_last_batch:
+            self._finish_iteration()
+
+    def _finish_iteration(self) -> None:
+        flat = all_reduce_sum(self._stats.flat())
+        self._stats.load_flat(flat)
+        result = em.m_step(self._stats, self.shift, self.covariance_type, self.hparams.reg_covar)
+        if result.empty_components:
+            candidates = self.trainer.strategy.broadcast(self._worst.points, src=0)
+            log.warning("EM iteration %d: components %s lost all their mass; re-seeded at the "
+                        "worst-explained points", int(self.n_iter) + 1, result.empty_components)
+            result = em.reseed_empty(result, candidates.to(self.device), self.covariance_type)
+        lower_bound = self._stats.log_likelihood / self._stats.n_samples
+        change = float(lower_bound - self.lower_bound)
+        self._set_mixture(result.weights, result.means, result.precisions_cholesky)
+        self.lower_bound.copy_(lower_bound)
+        self.n_iter += 1
+        self._count_as_optimizer_step()
+        self.log_dict({
+            "train/log_likelihood": float(lower_bound),
+            "train/log_likelihood_change": change if math.isfinite(change) else 0.0,
+            "train/seconds_per_iteration": time.perf_counter() - self._t0,
+            "train/min_covariance_eigenvalue": self._min_eigenvalue(result.covariances),
+            "train/empty_components": float(len(result.empty_components)),
+        }, on_step=False, on_epoch=True, sync_dist=False)
+        self._log_histogram("train/weights", result.weights)
+        if abs(change) < self.hparams.tol or int(self.n_iter) >= self.hparams.max_iter:
+            self.trainer.should_stop = True
+
+    def _count_as_optimizer_step(self) -> None:
+        # An M-step is this model's optimisation step.  Lightning's global_step counts
+        # optimizer steps, and ModelCheckpoint never saves while it stays 0.
+        progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+        progress.increment_ready()
+        progress.increment_completed()
+
+    def _min_eigenvalue(self, cov: Tensor) -> float:
+        if self.covariance_type in ("full", "tied"):
+            return float(torch.linalg.eigvalsh(cov).min())
+        return float(cov.min())
+
+    def _log_histogram(self, tag: str, values: Tensor) -> None:
+        experiment = getattr(self.logger, "experiment", None)
+        if self.global_rank == 0 and hasattr(experiment, "add_histogram"):
+            experiment.add_histogram(tag, values.float().cpu(), int(self.n_iter))
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def log_prob(self, x: Tensor) -> Tensor:
+        return self.mixture.log_prob(self.backbone(x).double())
+
+    @torch.no_grad()
+    def evaluate_batch(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        log_norm, log_resp = self.mixture.log_responsibilities(self.backbone(x).double())
+        return log_norm, log_resp.argmax(-1)
+
+    def predict_proba(self, x: Tensor) -> Tensor:
+        return self.mixture.responsibilities(self.backbone(x).double())
+
+    def final_metrics(self) -> dict[str, float]:
+        x, _ = self.trainer.datamodule.tensors("train")
+        z = self.backbone(x.to(self.device)).double()
+        return {"train/bic": self.mixture.bic(z), "train/aic": self.mixture.aic(z),
+                "train/n_iter": float(self.n_iter)}

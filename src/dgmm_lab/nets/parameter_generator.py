@@ -1,0 +1,164 @@
+"""Parameter generators: networks that produce a valid ``MixtureDensity``.
+
+- ``GlobalParameters``: mixture parameters as free tensors in unconstrained form (weights
+  by log-softmax, covariance Cholesky factors with softplus diagonal plus a floor), learned
+  by gradient descent: the prior of VaDE, the base density of exact-likelihood training.
+- ``AmortizedParameters``: DAGMM's estimation network.  It outputs soft memberships
+  gamma(z); weights, means and covariances are the gamma-weighted moments of the batch
+  (summed over processes, with gradients).  Over a training epoch the same moments are
+  accumulated without gradients, giving the training-set mixture used for evaluation.
+
+Neither produces per-sample parameters that score the sample they came from: that
+recipe is degenerate (mu = x, variance -> 0) and is not offered.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..mixture.density import MixtureDensity, precision_cholesky_from_covariance
+
+
+def _inverse_softplus(y: Tensor) -> Tensor:
+    return y + torch.log(-torch.expm1(-y))
+
+
+def _eye_like(d: int, ref: Tensor) -> Tensor:
+    return torch.eye(d, dtype=ref.dtype, device=ref.device)
+
+
+class GlobalParameters(nn.Module):
+    """Free mixture parameters; scales are bounded below by ``min_scale`` (a standard
+    deviation) so no component can collapse onto a point."""
+
+    def __init__(self, n_components: int, dim: int, covariance_type: str,
+                 min_scale: float = 1e-3, init_scale: float = 1.0):
+        super().__init__()
+        self.covariance_type, self.min_scale = covariance_type, min_scale
+        k, d = n_components, dim
+        self.logits = nn.Parameter(torch.zeros(k))
+        self.means = nn.Parameter(torch.randn(k, d))
+        raw = _inverse_softplus(torch.tensor(init_scale - min_scale))
+        diag_shape = {"full": (k, d), "tied": (d,), "diag": (k, d), "spherical": (k,)}[covariance_type]
+        self.raw_scale = nn.Parameter(torch.full(diag_shape, float(raw)))
+        if covariance_type in ("full", "tied"):
+            off_shape = (k, d, d) if covariance_type == "full" else (d, d)
+            self.off_diagonal = nn.Parameter(torch.zeros(off_shape))
+
+    def scales(self) -> Tensor:
+        return F.softplus(self.raw_scale) + self.min_scale
+
+    def forward(self) -> MixtureDensity:
+        log_weights = torch.log_softmax(self.logits, -1)
+        scale = self.scales()
+        if self.covariance_type in ("diag", "spherical"):
+            return MixtureDensity(log_weights, self.means, 1.0 / scale, self.covariance_type)
+        # covariance Cholesky L (lower, positive diagonal) -> precision factor P = L^{-T}
+        d = self.means.shape[1]
+        chol = torch.tril(self.off_diagonal, -1) + torch.diag_embed(scale)
+        prec_chol = torch.linalg.solve_triangular(chol, _eye_like(d, chol).expand_as(chol),
+                                                  upper=False).transpose(-1, -2)
+        return MixtureDensity(log_weights, self.means, prec_chol, self.covariance_type)
+
+    @torch.no_grad()
+    def set_from(self, weights: Tensor, means: Tensor, covariances: Tensor) -> None:
+        """Start from given weights/means/covariances (e.g. an EM fit)."""
+        self.logits.copy_(weights.clamp_min(1e-8).log().to(self.logits))
+        self.means.copy_(means.to(self.means))
+        target = self.raw_scale
+        if self.covariance_type in ("diag", "spherical"):
+            std = covariances.sqrt().clamp_min(self.min_scale * 1.01)
+            target.copy_(_inverse_softplus(std - self.min_scale).to(target))
+            return
+        chol = torch.linalg.cholesky(covariances.double())
+        diag = torch.diagonal(chol, dim1=-2, dim2=-1).clamp_min(self.min_scale * 1.01)
+        target.copy_(_inverse_softplus(diag - self.min_scale).to(target))
+        self.off_diagonal.copy_(torch.tril(chol, -1).to(self.off_diagonal))
+
+
+class AmortizedParameters(nn.Module):
+    """DAGMM's estimation network: z -> gamma (N, K) -> moments -> mixture."""
+
+    def __init__(self, in_dim: int, n_components: int, covariance_type: str,
+                 hidden: int = 10, dropout: float = 0.5, eps: float = 1e-6):
+        super().__init__()
+        self.covariance_type, self.eps = covariance_type, eps
+        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.Tanh(), nn.Dropout(dropout),
+                                 nn.Linear(hidden, n_components))
+        k, d = n_components, in_dim
+        self.register_buffer("sum_gamma", torch.zeros(k, dtype=torch.float64))
+        self.register_buffer("sum_z", torch.zeros(k, d, dtype=torch.float64))
+        self.register_buffer("sum_zz", torch.zeros(k, d, d, dtype=torch.float64))
+        self.register_buffer("n_seen", torch.zeros((), dtype=torch.float64))
+
+    def memberships(self, z: Tensor) -> Tensor:
+        return torch.softmax(self.net(z), -1)
+
+    @staticmethod
+    def moments(z: Tensor, gamma: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Sums that can be added across batches and processes: n, sum gamma (K,),
+        sum gamma z (K, D), sum gamma z z^T (K, D, D)."""
+        n = torch.tensor(float(z.shape[0]), dtype=z.dtype, device=z.device)
+        return n, gamma.sum(0), gamma.T @ z, torch.einsum("nk,nd,ne->kde", gamma, z, z)
+
+    def mixture_from_moments(self, n: Tensor, s0: Tensor, s1: Tensor, s2: Tensor) -> MixtureDensity:
+        s0 = s0 + self.eps
+        means = s1 / s0.unsqueeze(-1)
+        cov = s2 / s0.view(-1, 1, 1) - means.unsqueeze(-1) * means.unsqueeze(1)
+        d = means.shape[1]
+        cov = 0.5 * (cov + cov.transpose(-1, -2)) + self.eps * _eye_like(d, cov)
+        if self.covariance_type == "tied":
+            cov = (cov * (s0 / s0.sum()).view(-1, 1, 1)).sum(0)
+        elif self.covariance_type == "diag":
+            cov = torch.diagonal(cov, dim1=-2, dim2=-1)
+        elif self.covariance_type == "spherical":
+            cov = torch.diagonal(cov, dim1=-2, dim2=-1).mean(-1)
+        prec_chol = precision_cholesky_from_covariance(cov, self.covariance_type)
+        return MixtureDensity((s0 / n).log(), means, prec_chol, self.covariance_type)
+
+    def forward(self, z: Tensor, gamma: Tensor, reduce=None) -> MixtureDensity:
+        """Batch mixture; ``reduce`` sums the moments over processes (with gradients)."""
+        sums = self.moments(z, gamma)
+        if reduce is not None:
+            sums = tuple(reduce(s) for s in sums)
+        if self.training:
+            self._accumulate(sums)
+        return self.mixture_from_moments(*sums)
+
+    @torch.no_grad()
+    def _accumulate(self, sums) -> None:
+        for buf, s in zip((self.n_seen, self.sum_gamma, self.sum_z, self.sum_zz), sums):
+            buf += s.detach().double()
+
+    def reset_running(self) -> None:
+        for buf in (self.n_seen, self.sum_gamma, self.sum_z, self.sum_zz):
+            buf.zero_()
+
+    def training_set_mixture(self, dtype: torch.dtype) -> MixtureDensity:
+        if float(self.n_seen) == 0:
+            raise RuntimeError("no training moments accumulated yet")
+        sums = (self.n_seen, self.sum_gamma, self.sum_z, self.sum_zz)
+        return self.mixture_from_moments(*(s.to(dtype) for s in sums))
+
+
+def precision_diagonal(mixture: MixtureDensity) -> Tensor:
+    """diag(Sigma_k^{-1}) as (K, D) for every covariance type."""
+    p = mixture.precisions_cholesky
+    k, d = mixture.means.shape
+    if mixture.covariance_type == "diag":
+        return p.pow(2)
+    if mixture.covariance_type == "spherical":
+        return p.pow(2).unsqueeze(-1).expand(k, d)
+    diag = p.pow(2).sum(-1)  # (P P^T)_dd = sum_j P_dj^2
+    return diag.expand(k, d) if mixture.covariance_type == "tied" else diag
+
+
+def inverse_covariance_penalty(mixture: MixtureDensity) -> Tensor:
+    """DAGMM's P(Sigma) = sum_k sum_d 1 / Sigma_k,dd: large when a variance collapses."""
+    cov = mixture.covariances
+    if mixture.covariance_type in ("full", "tied"):
+        cov = torch.diagonal(cov, dim1=-2, dim2=-1)
+    return cov.reciprocal().sum()
+

@@ -1,0 +1,70 @@
+"""DAGMM (Zong et al., ICLR 2018): a compression network (autoencoder) and an estimation
+network (amortised memberships) trained jointly.
+
+z = [code, relative Euclidean reconstruction error, cosine similarity]; gamma = softmax(
+estimation net(z)); the mixture is the gamma-weighted moments of the batch (summed over
+processes); loss = reconstruction + lambda_energy * mean energy + lambda_cov * sum 1/Sigma_dd.
+At evaluation the mixture is the one estimated over the last training epoch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..mixture.density import MixtureDensity
+from ..nets.feature_extractor import FeatureExtractor
+from ..nets.parameter_generator import AmortizedParameters, inverse_covariance_penalty
+
+EPS = 1e-8
+
+
+class DAGMMObjective(nn.Module):
+    def __init__(self, backbone: FeatureExtractor, n_components: int, covariance_type: str,
+                 lambda_energy: float = 0.1, lambda_cov: float = 0.005,
+                 estimation_hidden: int = 10, dropout: float = 0.5, **_):
+        super().__init__()
+        self.backbone = backbone
+        self.lambda_energy, self.lambda_cov = lambda_energy, lambda_cov
+        self.parameter_generator = AmortizedParameters(backbone.out_dim + 2, n_components,
+                                                       covariance_type, estimation_hidden, dropout)
+
+    def features(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(z (N, latent+2), reconstruction x_hat (N, *input_shape))."""
+        code = self.backbone(x)
+        x_hat = self.backbone.decode(code)
+        flat, flat_hat = x.flatten(1), x_hat.flatten(1)
+        relative_error = (flat - flat_hat).norm(dim=1) / (flat.norm(dim=1) + EPS)
+        cosine = F.cosine_similarity(flat, flat_hat, dim=1, eps=EPS)
+        return torch.cat([code, relative_error.unsqueeze(1), cosine.unsqueeze(1)], 1), x_hat
+
+    def loss(self, x: Tensor, reduce=None) -> tuple[Tensor, dict[str, Tensor]]:
+        z, x_hat = self.features(x)
+        gamma = self.parameter_generator.memberships(z)
+        mixture = self.parameter_generator(z, gamma, reduce)
+        energy = -mixture.log_prob(z).mean()
+        reconstruction = (x - x_hat).flatten(1).pow(2).sum(1).mean()
+        penalty = inverse_covariance_penalty(mixture)
+        loss = reconstruction + self.lambda_energy * energy + self.lambda_cov * penalty
+        return loss, {"reconstruction": reconstruction, "energy": energy, "cov_penalty": penalty}
+
+    def mixture(self) -> MixtureDensity:
+        return self.parameter_generator.training_set_mixture(torch.float32)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """-energy: the log-density of the features z under the training-set mixture."""
+        return self.mixture().log_prob(self.features(x)[0])
+
+    def cluster(self, x: Tensor) -> Tensor:
+        return self.mixture().predict(self.features(x)[0])
+
+    def on_train_epoch_start(self) -> None:
+        self.parameter_generator.reset_running()
+
+    def initialize(self, *_, **__) -> None:
+        pass
+
+    def sample(self, n: int) -> Tensor:
+        z, _ = self.mixture().sample(n)
+        return self.backbone.decode(z[:, :-2])

@@ -1,0 +1,68 @@
+"""Exact negative log-likelihood: log p(x) = log p_mixture(f(x)) + log|det df/dx|.
+
+With a fixed map f (identity, PCA) this is a gradient-trained GMM directly comparable to
+EM; with a flow it is FlowGMM-style density estimation.  A non-invertible trainable encoder
+is refused: it could shrink all codes together and drive the "likelihood" to infinity.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..mixture import em
+from ..mixture.density import MixtureDensity
+from ..nets.feature_extractor import FeatureExtractor
+from ..nets.parameter_generator import GlobalParameters
+
+
+class NLLObjective(nn.Module):
+    def __init__(self, backbone: FeatureExtractor, n_components: int, covariance_type: str,
+                 min_scale: float = 1e-3, **_):
+        super().__init__()
+        self.backbone = backbone
+        self.parameter_generator = GlobalParameters(n_components, backbone.out_dim,
+                                                    covariance_type, min_scale)
+
+    def features(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if getattr(self.backbone, "invertible", False):
+            return self.backbone.forward_with_log_det(x)
+        z = self.backbone(x)
+        return z, torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
+
+    def mixture(self) -> MixtureDensity:
+        return self.parameter_generator()
+
+    def loss(self, x: Tensor, reduce=None) -> tuple[Tensor, dict[str, Tensor]]:
+        nll = -self.log_prob(x).mean()
+        return nll, {"nll": nll}
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        z, log_det = self.features(x)
+        return self.mixture().log_prob(z) + log_det
+
+    def cluster(self, x: Tensor) -> Tensor:
+        return self.mixture().predict(self.features(x)[0])
+
+    @torch.no_grad()
+    def initialize(self, x: Tensor, generator: torch.Generator, n_init: int = 1, **_) -> None:
+        """k-means responsibilities on the features -> one M-step -> start values; the
+        restart with the highest likelihood is kept."""
+        z = self.features(x)[0].double()
+        cov_type = self.parameter_generator.covariance_type
+        k = self.parameter_generator.means.shape[0]
+        shift = z.mean(0)
+        best = None
+        for _ in range(n_init):
+            resp = em.initial_responsibilities(z, k, "kmeans", generator)
+            r = em.m_step(em.stats_from_responsibilities(z, resp, shift, cov_type), shift,
+                          cov_type, reg_covar=1e-6)
+            score = float(MixtureDensity(r.weights.log(), r.means, r.precisions_cholesky,
+                                         cov_type).log_prob(z).mean())
+            if best is None or score > best[0]:
+                best = (score, r)
+        self.parameter_generator.set_from(best[1].weights, best[1].means, best[1].covariances)
+
+    def sample(self, n: int) -> Tensor:
+        z, _ = self.mixture().sample(n)
+        return self.backbone.decode(z.to(next(self.parameters()).dtype))

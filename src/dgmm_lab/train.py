@@ -1,0 +1,105 @@
+"""``python -m dgmm_lab.train``: compose -> validate -> instantiate -> fit/test -> metrics.json.
+
+Everything a run produces lives in its Hydra output directory: ``config.yaml`` (resolved),
+``metrics.json``, ``checkpoints/`` (``last.ckpt`` and the best one) and TensorBoard events.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from .config import CONF_DIR, ConfigError, check_against_data, check_config, check_overrides, report_and_exit
+
+log = logging.getLogger(__name__)
+
+
+def build(cfg: DictConfig):
+    """Data module (set up) and model, as the config describes them; shared with evaluate."""
+    datamodule = instantiate(cfg.data)
+    datamodule.setup()
+    check_against_data(cfg, datamodule.n_train)
+    backbone = instantiate(cfg.backbone, input_shape=datamodule.input_shape)
+    model = instantiate(cfg.model, backbone=backbone)
+    return datamodule, model
+
+
+def hparams_of(cfg: DictConfig) -> dict:
+    """The keys a sweep varies, flat, for the TensorBoard HPARAMS tab."""
+    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+    params = {"k": cfg.k, "covariance": cfg.covariance, "objective": cfg.get("objective"),
+              "seed": cfg.seed, "model": choices.get("model"), "backbone": choices.get("backbone"),
+              "data": choices.get("data")}
+    for key in ("lr", "latent_dim", "lambda_energy", "lambda_cov"):
+        if key in cfg.model:
+            params[key] = cfg.model[key]
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def run(cfg: DictConfig) -> float | None:
+    check_config(cfg)
+    torch.set_num_threads(cfg.num_threads)
+    pl.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+    datamodule, model = build(cfg)
+    loggers = [instantiate(c) for c in cfg.get("logger", {}).values()]
+    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()]
+    trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    if trainer.is_global_zero:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+
+    ckpt_path = cfg.get("ckpt_path")
+    last = output_dir / "checkpoints" / "last.ckpt"
+    if ckpt_path is None and cfg.get("resume", True) and last.exists():
+        log.info("resuming from %s", last)
+        ckpt_path = str(last)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    best = getattr(trainer.checkpoint_callback, "best_model_path", "")
+    if cfg.get("test", True):
+        trainer.test(model, datamodule=datamodule, verbose=False)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+    if hasattr(model, "final_metrics"):
+        metrics.update(model.final_metrics())
+    bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+    if bad:
+        log.warning("non-finite final metrics: %s", ", ".join(bad))
+    if trainer.is_global_zero:
+        (output_dir / "metrics.json").write_text(json.dumps(dict(sorted(metrics.items())), indent=2))
+        for lg in trainer.loggers:
+            lg.log_hyperparams(hparams_of(cfg), {f"hp/{k}": v for k, v in metrics.items()})
+            lg.save()
+        log.info("metrics: %s", json.dumps(metrics))
+        log.info("best checkpoint: %s; output: %s", best, output_dir)
+    return metrics.get(cfg.optimized_metric)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        return run(cfg)
+    except ConfigError as err:
+        report_and_exit(err)
+
+
+def cli() -> None:
+    try:
+        check_overrides(sys.argv[1:])
+    except ConfigError as err:
+        report_and_exit(err)
+    main()
+
+
+if __name__ == "__main__":
+    cli()
