@@ -39,6 +39,10 @@ def check_overrides(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
         if "=" not in arg or arg.startswith(("-", "+", "~", "hydra")):
             continue
         key, value = arg.split("=", 1)
+        if key in ("k", "covariance", "objective"):
+            for choice in _sweep_values(value):  # every sweep point, before any job runs
+                _check_value(key, int(choice) if key == "k" and _is_int(choice) else choice)
+            continue
         if key not in CHECKED_GROUPS or not (conf_dir / key).is_dir():
             continue
         allowed = group_options(key, conf_dir)
@@ -56,15 +60,12 @@ def _sweep_values(value: str) -> list[str]:
 
 def check_config(cfg: DictConfig) -> None:
     """Values Hydra cannot check: covariance type, k, objective, missing required keys."""
-    missing = sorted(OmegaConf.missing_keys(cfg))
+    missing = missing_keys(cfg)
     if missing:
         raise ConfigError(f"{missing[0]} is required but has no value ('???'); "
                           f"set it on the command line, e.g. {missing[0]}=...")
-    _check_choice("covariance", cfg.covariance, COVARIANCE_TYPES)
-    _check_choice("objective", cfg.get("objective"), OBJECTIVES)
-    k = cfg.k
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise ConfigError(f"k={k!r} must be an integer >= 1 (the number of mixture components)")
+    for key in ("covariance", "objective", "k"):
+        _check_value(key, cfg.get(key))
     _check_objective_backbone(cfg)
     threads = cfg.get("num_threads")
     if threads is not None and (not isinstance(threads, int) or threads < 1):
@@ -85,12 +86,36 @@ def _check_objective_backbone(cfg: DictConfig) -> None:
                           f"allowed backbones for it: {', '.join(allowed)}")
 
 
+def missing_keys(node, prefix: str = "") -> list[str]:
+    """Keys whose value is '???' (not resolving interpolations, unlike OmegaConf's)."""
+    found = []
+    for key in node:
+        if key == "hydra":
+            continue
+        if OmegaConf.is_missing(node, key):
+            found.append(f"{prefix}{key}")
+        else:
+            child = node._get_node(key)
+            if isinstance(child, DictConfig) and not child._is_interpolation():
+                found += missing_keys(child, f"{prefix}{key}.")
+    return sorted(found)
+
+
 def check_against_data(cfg: DictConfig, n_train: int) -> None:
     if cfg.k > n_train:
         raise ConfigError(f"k={cfg.k} is larger than the number of training samples "
                           f"({n_train}); allowed: 1..{n_train}")
 
 
-def _check_choice(key: str, value, allowed) -> None:
+def _is_int(text: str) -> bool:
+    return text.lstrip("-").isdigit()
+
+
+def _check_value(key: str, value) -> None:
+    if key == "k":
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"k={value!r} must be an integer >= 1 (the number of mixture components)")
+        return
+    allowed = {"covariance": COVARIANCE_TYPES, "objective": OBJECTIVES}[key]
     if value not in allowed:
         raise ConfigError(f"{key}={value!r} is not allowed; allowed: {', '.join(allowed)}")

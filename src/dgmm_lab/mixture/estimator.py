@@ -81,7 +81,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         if isinstance(X, torch.Tensor):
             X = X.detach().cpu().numpy()
         X = validate_data(self, X, reset=reset, dtype=np.float64, ensure_min_samples=1)
-        return torch.as_tensor(X, device=self.device)
+        return torch.as_tensor(np.require(X, requirements="W"), device=self.device)
 
     # ------------------------------------------------------------------ fitting
     def fit(self, X, y=None):
@@ -183,16 +183,19 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         return self._to_tensor(X, reset=False)
 
     def score_samples(self, X):
-        return self._mixture.log_prob(self._scored(X)).cpu().numpy()
+        x = self._scored(X)
+        return self._mixture.log_prob(x).cpu().numpy()
 
     def score(self, X, y=None):
         return float(self.score_samples(X).mean())
 
     def predict(self, X):
-        return self._mixture.predict(self._scored(X)).cpu().numpy()
+        x = self._scored(X)
+        return self._mixture.predict(x).cpu().numpy()
 
     def predict_proba(self, X):
-        return self._mixture.responsibilities(self._scored(X)).cpu().numpy()
+        x = self._scored(X)
+        return self._mixture.responsibilities(x).cpu().numpy()
 
     def sample(self, n_samples=1):
         check_is_fitted(self)
@@ -204,10 +207,12 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         return x.cpu().numpy(), labels.cpu().numpy()
 
     def bic(self, X):
-        return self._mixture.bic(self._scored(X))
+        x = self._scored(X)
+        return self._mixture.bic(x)
 
     def aic(self, X):
-        return self._mixture.aic(self._scored(X))
+        x = self._scored(X)
+        return self._mixture.aic(x)
 
     def _n_parameters(self) -> int:
         return self._mixture.n_parameters()

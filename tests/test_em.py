@@ -1,0 +1,171 @@
+"""EM against scikit-learn, mini-batch against full batch, degenerate data, bad input."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.mixture import GaussianMixture as SkGaussianMixture
+
+from dgmm_lab import GaussianMixture
+from dgmm_lab.mixture.density import COVARIANCE_TYPES
+
+
+def blobs(seed: int, n: int = 900, d: int = 3, k: int = 3):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=4, size=(k, d))
+    labels = rng.integers(k, size=n)
+    scales = rng.uniform(0.5, 1.5, size=(k, d))
+    return centres[labels] + rng.normal(size=(n, d)) * scales[labels] + 100.0  # far from 0
+
+
+def anisotropic(seed: int, n: int = 800):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 2))
+    x[: n // 2] = x[: n // 2] @ np.array([[3.0, 0.0], [2.5, 0.4]]) + [0, 5]
+    return x
+
+
+DATASETS = {"blobs": blobs(0), "anisotropic": anisotropic(1)}
+
+
+def shared_init(x, k, cov_type, seed=0):
+    sk = SkGaussianMixture(k, covariance_type=cov_type, max_iter=1, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        sk.fit(x)
+    return dict(weights_init=sk.weights_, means_init=sk.means_, precisions_init=sk.precisions_)
+
+
+@pytest.mark.parametrize("cov_type", COVARIANCE_TYPES)
+@pytest.mark.parametrize("name", DATASETS)
+def test_parity_with_sklearn(name, cov_type):
+    x = DATASETS[name]
+    init = shared_init(x, 3, cov_type)
+    kwargs = dict(covariance_type=cov_type, tol=1e-4, max_iter=40, **init)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        sk = SkGaussianMixture(3, **kwargs).fit(x)
+        ours = GaussianMixture(3, **kwargs).fit(x)
+    assert ours.n_iter_ == sk.n_iter_ and ours.converged_ == sk.converged_
+    for attr in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
+        np.testing.assert_allclose(getattr(ours, attr), getattr(sk, attr), rtol=1e-6, atol=1e-10)
+    assert ours.lower_bound_ == pytest.approx(sk.lower_bound_, rel=1e-6)
+    np.testing.assert_array_equal(ours.predict(x), sk.predict(x))
+    assert ours.bic(x) == pytest.approx(sk.bic(x), rel=1e-6)
+
+
+@pytest.mark.parametrize("cov_type", COVARIANCE_TYPES)
+def test_mini_batch_equals_full_batch(cov_type):
+    x = DATASETS["blobs"]
+    init = shared_init(x, 3, cov_type)
+    full = GaussianMixture(3, covariance_type=cov_type, max_iter=5, tol=0, **init)
+    mini = GaussianMixture(3, covariance_type=cov_type, max_iter=5, tol=0, batch_size=97, **init)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        full.fit(x)
+        mini.fit(x)
+    for attr in ("weights_", "means_", "covariances_"):
+        np.testing.assert_allclose(getattr(mini, attr), getattr(full, attr), rtol=1e-8, atol=1e-12)
+    assert mini.lower_bound_ == pytest.approx(full.lower_bound_, rel=1e-12)
+
+
+def test_float32_products_keep_the_likelihood():
+    x = DATASETS["blobs"]
+    init = shared_init(x, 3, "full")
+    f64 = GaussianMixture(3, tol=1e-6, max_iter=50, **init).fit(x)
+    f32 = GaussianMixture(3, tol=1e-6, max_iter=50, compute_dtype="float32", **init).fit(x)
+    assert abs(f32.lower_bound_ - f64.lower_bound_) < 1e-4
+
+
+def test_own_init_recovers_clusters_and_restarts_keep_the_best():
+    x = DATASETS["blobs"]
+    one = GaussianMixture(3, random_state=0).fit(x)
+    many = GaussianMixture(3, n_init=4, random_state=0).fit(x)
+    sk = SkGaussianMixture(3, n_init=4, random_state=0).fit(x)
+    assert many.lower_bound_ >= one.lower_bound_ - 1e-12
+    assert many.lower_bound_ == pytest.approx(sk.lower_bound_, abs=1e-3)
+    for method in ("k-means++", "random", "random_from_data"):
+        gm = GaussianMixture(3, init_params=method, random_state=0, max_iter=300).fit(x)
+        assert np.isfinite(gm.lower_bound_)
+
+
+@pytest.mark.parametrize("cov_type", COVARIANCE_TYPES)
+def test_degenerate_data_gives_no_nan(cov_type):
+    rng = np.random.default_rng(0)
+    duplicated = np.repeat(rng.normal(size=(5, 2)), 40, axis=0)
+    constant_feature = np.c_[rng.normal(size=(200, 2)), np.full(200, 3.0)]
+    for x, k in ((duplicated, 8), (constant_feature, 3)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            gm = GaussianMixture(k, covariance_type=cov_type, reg_covar=1e-6, random_state=0).fit(x)
+        for attr in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
+            assert np.all(np.isfinite(getattr(gm, attr))), attr
+        assert np.isfinite(gm.score(x))
+
+
+def test_emptied_component_is_reseeded_with_a_warning():
+    x = DATASETS["blobs"]
+    k = 3
+    means = np.vstack([x[:2].mean(0, keepdims=True) * 0 + x.mean(0), x[:1], np.full((1, 3), 1e4)])
+    init = dict(weights_init=np.full(k, 1 / k), means_init=means,
+                precisions_init=np.stack([np.eye(3)] * k))
+    with pytest.warns(UserWarning, match="lost all their mass"):
+        gm = GaussianMixture(k, max_iter=20, **init).fit(x)
+    assert np.all(np.isfinite(gm.means_)) and gm.weights_.min() > 0
+    assert np.abs(gm.means_[2]).max() < 1e3  # moved off the far-away start
+
+
+def test_singular_covariance_is_jittered_then_reported(caplog):
+    from dgmm_lab.mixture.em import stable_precision_cholesky
+
+    x = np.zeros((20, 2))
+    x[:, 0] = np.arange(20)  # second feature constant: singular covariance without reg_covar
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gm = GaussianMixture(1, reg_covar=0.0).fit(x)
+    assert "retrying with jitter" in caplog.text
+    assert np.all(np.isfinite(gm.precisions_cholesky_))
+    indefinite = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [0.0, -1.0]]], dtype=torch.float64)
+    with pytest.raises(torch.linalg.LinAlgError, match=r"component 1 .*increase reg_covar"):
+        stable_precision_cholesky(indefinite, "full", reg_covar=1e-6)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(n_components=0), "n_components=0"),
+    (dict(covariance_type="banana"), "covariance_type='banana'"),
+    (dict(init_params="magic"), "init_params='magic'"),
+])
+def test_bad_parameters_raise_value_error(bad, message):
+    with pytest.raises(ValueError, match=message):
+        GaussianMixture(**{"n_components": 2, **bad}).fit(DATASETS["blobs"])
+
+
+def test_bad_input_raises_value_error():
+    x = DATASETS["blobs"].copy()
+    gm = GaussianMixture(2, random_state=0).fit(x)
+    with pytest.raises(ValueError, match="features"):
+        gm.predict(x[:, :2])
+    x[3, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        GaussianMixture(2).fit(x)
+    x[3, 1] = np.inf
+    with pytest.raises(ValueError, match="infinity"):
+        GaussianMixture(2).fit(x)
+
+
+def test_estimator_accepts_tensors_and_samples():
+    x = torch.as_tensor(DATASETS["blobs"])
+    gm = GaussianMixture(3, random_state=0).fit(x)
+    samples, labels = gm.sample(5000)
+    assert samples.shape == (5000, 3) and set(np.unique(labels)) <= {0, 1, 2}
+    assert gm.predict_proba(x).sum(1) == pytest.approx(np.ones(len(x)))
+
+
+def test_sklearn_estimator_checks():
+    from sklearn.utils.estimator_checks import check_estimator
+
+    failures = check_estimator(GaussianMixture(2, max_iter=20), on_fail=None)
+    failed = [f for f in failures if f["status"] == "failed"]
+    assert not failed, [(f["check_name"], str(f["exception"])[:200]) for f in failed]
