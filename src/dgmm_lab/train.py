@@ -70,6 +70,7 @@ def run(cfg: DictConfig) -> float | None:
     if cfg.get("test", True):
         trainer.test(model, datamodule=datamodule, verbose=False)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+    metrics.update(getattr(model, "exact_metrics", {}))
     if hasattr(model, "final_metrics"):
         metrics.update(model.final_metrics())
     bad = [k for k, v in metrics.items() if not math.isfinite(v)]

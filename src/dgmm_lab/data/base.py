@@ -5,7 +5,25 @@ from __future__ import annotations
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+
+class ShardSampler(DistributedSampler):
+    """Every sample exactly once over all processes (no padding with repeats), so sums
+    over ranks equal the single-process sums.  Ranks may get one batch more or less:
+    only for loops that communicate once per epoch (evaluation, EM statistics)."""
+
+    def __iter__(self):
+        n = len(self.dataset)
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(n, generator=g).tolist()
+        else:
+            order = list(range(n))
+        return iter(order[self.rank::self.num_replicas])
+
+    def __len__(self) -> int:
+        return len(range(self.rank, len(self.dataset), self.num_replicas))
 
 
 class TensorDataModule(pl.LightningDataModule):
@@ -21,6 +39,8 @@ class TensorDataModule(pl.LightningDataModule):
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.split_seed, self.num_workers = split_seed, num_workers
         self.splits: dict[str, TensorDataset] = {}
+        # EM sets this: its statistics must see every training sample exactly once
+        self.exact_train_shards = False
 
     # image shape of one sample, e.g. (1, 28, 28); None for plain vectors
     image_shape: tuple[int, ...] | None = None
@@ -57,8 +77,14 @@ class TensorDataModule(pl.LightningDataModule):
         self.setup()
         size = self.batch_size if split == "train" else self.eval_batch_size
         g = torch.Generator().manual_seed(self.split_seed)
-        return DataLoader(self.splits[split], batch_size=size, shuffle=shuffle, generator=g,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        kwargs = dict(batch_size=size, num_workers=self.num_workers,
+                      persistent_workers=self.num_workers > 0)
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1 and (split != "train" or self.exact_train_shards):
+            sampler = ShardSampler(self.splits[split], trainer.world_size, trainer.global_rank,
+                                   shuffle=shuffle, seed=self.split_seed)
+            return DataLoader(self.splits[split], sampler=sampler, **kwargs)
+        return DataLoader(self.splits[split], shuffle=shuffle, generator=g, **kwargs)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

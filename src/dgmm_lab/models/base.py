@@ -4,31 +4,10 @@ from __future__ import annotations
 
 import pytorch_lightning as pl
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
+from ..distributed import gather_uneven
 from ..metrics import clustering_metrics
-
-
-def gather_uneven(t: Tensor) -> Tensor:
-    """Concatenate a tensor from all processes; ranks may hold different lengths."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return t
-    size = torch.tensor([t.shape[0]], device=t.device)
-    sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, size)
-    longest = int(max(s.item() for s in sizes))
-    padded = torch.zeros((longest, *t.shape[1:]), dtype=t.dtype, device=t.device)
-    padded[: t.shape[0]] = t
-    parts = [torch.zeros_like(padded) for _ in sizes]
-    dist.all_gather(parts, padded)
-    return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)])
-
-
-def all_reduce_sum(t: Tensor) -> Tensor:
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(t)
-    return t
 
 
 class MixtureModule(pl.LightningModule):
@@ -41,6 +20,9 @@ class MixtureModule(pl.LightningModule):
     def __init__(self):
         super().__init__()
         self._eval_outputs: list[tuple[Tensor, Tensor, Tensor]] = []
+        # the latest value of every metric in full float64 precision (Lightning's logged
+        # copies are float32); train.py writes these into metrics.json
+        self.exact_metrics: dict[str, float] = {}
 
     def evaluate_batch(self, x: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
@@ -75,8 +57,12 @@ class MixtureModule(pl.LightningModule):
             for name, value in clustering_metrics(y.cpu().numpy(), cluster.cpu().numpy()).items():
                 metrics[f"{stage}/{name}"] = value
         metrics.update(self.extra_eval_metrics(stage, log_p))
-        # identical on every rank (already gathered): no further sync needed
-        self.log_dict(metrics, sync_dist=False, rank_zero_only=False)
+        self.log_exact(metrics)
+
+    def log_exact(self, metrics: dict[str, float]) -> None:
+        self.exact_metrics.update(metrics)
+        # identical on every rank (already gathered or reduced): no further sync needed
+        self.log_dict(metrics, on_step=False, on_epoch=True, sync_dist=False)
 
     def extra_eval_metrics(self, stage: str, log_p: Tensor) -> dict[str, float]:
         return {}

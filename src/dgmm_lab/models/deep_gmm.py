@@ -16,21 +16,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..distributed import all_reduce_with_grad
 from ..nets.feature_extractor import FeatureExtractor
 from ..objectives import OBJECTIVES
 from .base import MixtureModule
 
 log = logging.getLogger(__name__)
-
-
-def all_reduce_with_grad(t: Tensor) -> Tensor:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        from torch.distributed.nn.functional import all_reduce
-
-        return all_reduce(t)
-    return t
 
 
 class DeepGMM(MixtureModule):

@@ -19,7 +19,8 @@ from torch import Tensor
 from ..mixture import em
 from ..mixture.density import MixtureDensity, check_covariance_type
 from ..nets.feature_extractor import FeatureExtractor
-from .base import MixtureModule, all_reduce_sum
+from ..distributed import all_reduce_sum
+from .base import MixtureModule
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,11 @@ class EMGMM(MixtureModule):
         return None
 
     # ------------------------------------------------------------------ init
+    def setup(self, stage: str) -> None:
+        datamodule = self.trainer.datamodule
+        if datamodule is not None and hasattr(datamodule, "exact_train_shards"):
+            datamodule.exact_train_shards = True
+
     def on_fit_start(self) -> None:
         if bool(self.initialized):
             return  # resumed from a checkpoint
@@ -132,13 +138,13 @@ class EMGMM(MixtureModule):
         self.lower_bound.copy_(lower_bound)
         self.n_iter += 1
         self._count_as_optimizer_step()
-        self.log_dict({
+        self.log_exact({
             "train/log_likelihood": float(lower_bound),
             "train/log_likelihood_change": change if math.isfinite(change) else 0.0,
             "train/seconds_per_iteration": time.perf_counter() - self._t0,
             "train/min_covariance_eigenvalue": self._min_eigenvalue(result.covariances),
             "train/empty_components": float(len(result.empty_components)),
-        }, on_step=False, on_epoch=True, sync_dist=False)
+        })
         self._log_histogram("train/weights", result.weights)
         if abs(change) < self.hparams.tol or int(self.n_iter) >= self.hparams.max_iter:
             self.trainer.should_stop = True

@@ -1,0 +1,29 @@
+"""Two processes (DDP, gloo on CPU) give the same results as one."""
+
+import json
+
+import pytest
+
+from conftest import run_cli
+
+pytestmark = pytest.mark.ddp
+
+# 3001 samples: an odd training split, so a padding sampler would be caught
+COMMON = ["debug=fast", "data.n_samples=3001", "k=3", "trainer.max_epochs=4", "model.tol=0"]
+
+
+def train(tmp_path, name, extra):
+    out = tmp_path / name
+    result = run_cli([*COMMON, *extra, f"hydra.run.dir={out}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads((out / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize("covariance", ["full", "diag"])
+def test_em_two_processes_equal_one(covariance, tmp_path):
+    one = train(tmp_path, "one", [f"covariance={covariance}"])
+    two = train(tmp_path, "two", [f"covariance={covariance}", "trainer=ddp",
+                                  "trainer.accelerator=cpu", "trainer.devices=2"])
+    for key in ("train/log_likelihood", "val/nll", "test/nll", "train/bic"):
+        assert two[key] == pytest.approx(one[key], rel=1e-9, abs=1e-9), key
+    assert two["test/acc"] == one["test/acc"]
