@@ -18,6 +18,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import TensorBoardLogger
 
 from .config import CONF_DIR, ConfigError, check_against_data, check_config, check_overrides, report_and_exit
 
@@ -44,6 +45,19 @@ def hparams_of(cfg: DictConfig) -> dict:
         if key in cfg.model:
             params[key] = cfg.model[key]
     return {k: v for k, v in params.items() if v is not None}
+
+
+def log_final(trainer: pl.Trainer, params: dict, metrics: dict[str, float]) -> None:
+    """Hyper-parameters with the final metrics as ``hp/...``: TensorBoard's HPARAMS tab
+    then lists every job of a sweep with its swept keys and results."""
+    final = {f"hp/{k}": v for k, v in metrics.items()}
+    for lg in trainer.loggers:
+        if isinstance(lg, TensorBoardLogger):
+            lg.log_hyperparams(params, final)
+        else:
+            lg.log_hyperparams(params)
+            lg.log_metrics(final, step=trainer.global_step)
+        lg.save()
 
 
 def run(cfg: DictConfig) -> float | None:
@@ -78,9 +92,7 @@ def run(cfg: DictConfig) -> float | None:
         log.warning("non-finite final metrics: %s", ", ".join(bad))
     if trainer.is_global_zero:
         (output_dir / "metrics.json").write_text(json.dumps(dict(sorted(metrics.items())), indent=2))
-        for lg in trainer.loggers:
-            lg.log_hyperparams(hparams_of(cfg), {f"hp/{k}": v for k, v in metrics.items()})
-            lg.save()
+        log_final(trainer, hparams_of(cfg), metrics)
         log.info("metrics: %s", json.dumps(metrics))
         log.info("best checkpoint: %s; output: %s", best, output_dir)
     return metrics.get(cfg.optimized_metric)

@@ -22,6 +22,7 @@ from ..objectives import OBJECTIVES
 from .base import MixtureModule
 
 log = logging.getLogger(__name__)
+_MIXTURE = "parameter_generator."
 
 
 class DeepGMM(MixtureModule):
@@ -29,14 +30,15 @@ class DeepGMM(MixtureModule):
                  covariance_type: str = "full", lr: float = 1e-3, weight_decay: float = 0.0,
                  lr_schedule: str = "cosine", min_scale: float = 1e-3,
                  lambda_energy: float = 0.1, lambda_cov: float = 0.005,
-                 likelihood: str = "bernoulli", pretrain_epochs: int = 0, pretrain_lr: float = 1e-3,
+                 likelihood: str = "bernoulli", decoder_std: float = 1.0, pretrain_epochs: int = 0, pretrain_lr: float = 1e-3,
                  pretrain_cache_dir: str | None = None, n_init: int = 1,
                  init_max_samples: int = 20000, seed: int = 0):
         super().__init__()
         self.save_hyperparameters(ignore=["backbone"], logger=False)
         self.objective = OBJECTIVES[objective](
             backbone, n_components, covariance_type, min_scale=min_scale,
-            lambda_energy=lambda_energy, lambda_cov=lambda_cov, likelihood=likelihood)
+            lambda_energy=lambda_energy, lambda_cov=lambda_cov, likelihood=likelihood,
+            decoder_std=decoder_std)
         self.register_buffer("initialized", torch.tensor(False))
 
     @property
@@ -69,7 +71,7 @@ class DeepGMM(MixtureModule):
         key = repr((type(self.backbone).__name__, sorted(dm.hparams.items()) if hasattr(dm, "hparams") else None,
                     dm.n_train, self.backbone.out_dim, sum(p.numel() for p in self.backbone.parameters()),
                     self.hparams.pretrain_epochs, self.hparams.pretrain_lr, self.hparams.seed,
-                    self.hparams.likelihood))
+                    self.hparams.likelihood, self.hparams.decoder_std))
         digest = hashlib.sha1(key.encode()).hexdigest()[:16]
         return Path(self.hparams.pretrain_cache_dir) / f"pretrain-{digest}.pt"
 
@@ -78,10 +80,12 @@ class DeepGMM(MixtureModule):
         a sweep over K or covariance type pre-trains once."""
         cache = self._pretrain_cache()
         if cache is not None and cache.exists():
-            self.objective.load_state_dict(torch.load(cache, map_location=self.device))
+            state = torch.load(cache, map_location=self.device)
+            self.objective.load_state_dict(
+                {k: v for k, v in state.items() if not k.startswith(_MIXTURE)}, strict=False)
             log.info("pre-trained autoencoder loaded from %s", cache)
             return
-        params = [p for n, p in self.objective.named_parameters() if not n.startswith("parameter_generator")]
+        params = [p for n, p in self.objective.named_parameters() if not n.startswith(_MIXTURE)]
         opt = torch.optim.Adam(params, lr=self.hparams.pretrain_lr)
         loader = self.trainer.datamodule.train_dataloader()
         for epoch in range(self.hparams.pretrain_epochs):
@@ -95,7 +99,9 @@ class DeepGMM(MixtureModule):
             log.info("pre-training epoch %d: reconstruction %.4f", epoch, total / len(loader))
         if cache is not None and self.global_rank == 0:
             cache.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(self.objective.state_dict(), cache)
+            # the autoencoder only: the mixture is fitted afterwards, per K and covariance type
+            state = {k: v for k, v in self.objective.state_dict().items() if not k.startswith(_MIXTURE)}
+            torch.save(state, cache)
 
     # ------------------------------------------------------------------ training
     def configure_optimizers(self):

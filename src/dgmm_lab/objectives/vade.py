@@ -27,11 +27,12 @@ LIKELIHOODS = ("bernoulli", "gaussian")
 
 class VaDEObjective(nn.Module):
     def __init__(self, backbone: FeatureExtractor, n_components: int, covariance_type: str,
-                 likelihood: str = "bernoulli", min_scale: float = 1e-3, **_):
+                 likelihood: str = "bernoulli", decoder_std: float = 1.0,
+                 min_scale: float = 1e-3, **_):
         super().__init__()
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"model.likelihood={likelihood!r} is not one of {', '.join(LIKELIHOODS)}")
-        self.backbone, self.likelihood = backbone, likelihood
+        self.backbone, self.likelihood, self.decoder_std = backbone, likelihood, decoder_std
         self.log_var_head = nn.Linear(backbone.head.in_features, backbone.out_dim)
         nn.init.zeros_(self.log_var_head.weight)
         nn.init.constant_(self.log_var_head.bias, -4.0)
@@ -47,7 +48,8 @@ class VaDEObjective(nn.Module):
         target = x.flatten(1)
         if self.likelihood == "bernoulli":
             return F.binary_cross_entropy_with_logits(out, target, reduction="none").sum(1)
-        return 0.5 * ((out - target).pow(2) + math.log(2 * math.pi)).sum(1)
+        sigma = self.decoder_std
+        return 0.5 * (((out - target) / sigma).pow(2) + math.log(2 * math.pi * sigma**2)).sum(1)
 
     def mixture(self) -> MixtureDensity:
         return self.parameter_generator()
