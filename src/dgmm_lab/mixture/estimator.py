@@ -24,6 +24,7 @@ from .density import (
 )
 
 INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
+_CHUNK = 4096
 
 
 class GaussianMixture(DensityMixin, BaseEstimator):
@@ -85,10 +86,6 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ fitting
     def fit(self, X, y=None):
-        self.fit_predict(X, y)
-        return self
-
-    def fit_predict(self, X, y=None):
         x = self._to_tensor(X, reset=True)
         n, d = x.shape
         self._check_parameters(n)
@@ -109,7 +106,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             warnings.warn(
                 f"EM did not converge in {self.max_iter} iterations (tol={self.tol}); "
                 "raise max_iter or tol, or check the data", ConvergenceWarning)
-        return self.predict(X)
+        return self
+
+    def fit_predict(self, X, y=None):
+        return self.fit(X, y).predict(X)
 
     def _initial_mixture(self, x, shift, generator) -> MixtureDensity:
         given = (self.weights_init, self.means_init, self.precisions_init)
@@ -182,20 +182,24 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         check_is_fitted(self)
         return self._to_tensor(X, reset=False)
 
+    def _in_chunks(self, fn, x: torch.Tensor) -> np.ndarray:
+        # rows in chunks keep the (rows, K, D) intermediates in cache: several times faster
+        return torch.cat([fn(c) for c in torch.split(x, _CHUNK)]).cpu().numpy()
+
     def score_samples(self, X):
         x = self._scored(X)
-        return self._mixture.log_prob(x).cpu().numpy()
+        return self._in_chunks(self._mixture.log_prob, x)
 
     def score(self, X, y=None):
         return float(self.score_samples(X).mean())
 
     def predict(self, X):
         x = self._scored(X)
-        return self._mixture.predict(x).cpu().numpy()
+        return self._in_chunks(self._mixture.predict, x)
 
     def predict_proba(self, X):
         x = self._scored(X)
-        return self._mixture.responsibilities(x).cpu().numpy()
+        return self._in_chunks(self._mixture.responsibilities, x)
 
     def sample(self, n_samples=1):
         check_is_fitted(self)
@@ -207,12 +211,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         return x.cpu().numpy(), labels.cpu().numpy()
 
     def bic(self, X):
-        x = self._scored(X)
-        return self._mixture.bic(x)
+        return -2 * self.score(X) * len(X) + self._n_parameters() * math.log(len(X))
 
     def aic(self, X):
-        x = self._scored(X)
-        return self._mixture.aic(x)
+        return -2 * self.score(X) * len(X) + 2 * self._n_parameters()
 
     def _n_parameters(self) -> int:
         return self._mixture.n_parameters()

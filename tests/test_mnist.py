@@ -1,0 +1,55 @@
+"""Real MNIST (the four canonical files, md5-verified by torchvision)."""
+
+import pytest
+import torch
+
+from conftest import FAST, train_in_process
+from dgmm_lab.data import MNISTDataModule
+
+
+def test_mnist_splits_and_scaling(mnist_dir, tmp_path):
+    dm = MNISTDataModule(data_dir=mnist_dir, cache_dir=str(tmp_path), val_size=5000)
+    dm.setup()
+    x, y = dm.tensors("train")
+    assert x.shape == (55000, 1, 28, 28) and len(dm.tensors("val")[0]) == 5000
+    assert len(dm.tensors("test")[0]) == 10000
+    assert float(x.min()) == 0.0 and float(x.max()) == 1.0
+    assert sorted(torch.unique(y).tolist()) == list(range(10))
+    flat = MNISTDataModule(data_dir=mnist_dir, cache_dir=str(tmp_path), flatten=True,
+                           scaling="standardize", limit_train=1000)
+    flat.setup()
+    xs, _ = flat.tensors("train")
+    assert xs.shape == (1000, 784)
+    assert float(xs.mean()) == pytest.approx(0.0, abs=1e-5) and float(xs.std()) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_missing_mnist_says_where_the_files_go(tmp_path):
+    dm = MNISTDataModule(data_dir=str(tmp_path / "nowhere"), download=False)
+    with pytest.raises(FileNotFoundError, match=r"train-images-idx3-ubyte.gz.*nowhere/MNIST/raw"):
+        dm.setup()
+
+
+@pytest.mark.parametrize("backbone, objective", [("mlp", "dagmm"), ("conv", "vade"),
+                                                 ("resnet", "dagmm"), ("flow", "nll")])
+def test_image_backbones_fast_dev_run(backbone, objective, mnist_dir, tmp_path):
+    extra = ["backbone.dequantize=true", "backbone.n_layers=2"] if backbone == "flow" else []
+    train_in_process(["model=deep_gmm", "data=mnist", f"backbone={backbone}", f"objective={objective}",
+                      "data.limit_train=256", "data.limit_test=64", "data.batch_size=32", "k=10",
+                      "covariance=diag", "+trainer.fast_dev_run=true", "logger=csv", *FAST, *extra],
+                     tmp_path)
+
+
+@pytest.mark.slow
+def test_em_on_pca_features_clusters_mnist(mnist_dir, tmp_path):
+    m = train_in_process(["experiment=em_mnist_pca", "data.limit_train=10000",
+                          "trainer.enable_progress_bar=false"], tmp_path)
+    assert m["test/acc"] > 0.5  # k-means level is about 0.53; chance is 0.1
+
+
+@pytest.mark.slow
+def test_vade_clusters_mnist_well_above_chance(mnist_dir, tmp_path):
+    m = train_in_process(["model=deep_gmm", "objective=vade", "backbone=mlp", "data=mnist",
+                          "data.limit_train=10000", "k=10", "covariance=diag",
+                          "model.pretrain_epochs=10", "trainer.max_epochs=10",
+                          f"paths.cache_dir={tmp_path}", "trainer.enable_progress_bar=false"], tmp_path)
+    assert m["test/acc"] > 0.45
