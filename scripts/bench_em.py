@@ -46,7 +46,7 @@ def load(name: str):
     if name == "mnist-pca50":
         from dgmm_lab.nets.feature_extractor import PCA
 
-        x = PCA((784,), 50).fit(x)(x)
+        x = PCA((784,), 50).fit(x)(x).double()
     return x.numpy()
 
 

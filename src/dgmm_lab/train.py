@@ -10,12 +10,14 @@ import json
 import logging
 import math
 import sys
+import traceback
 from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
@@ -79,6 +81,10 @@ def run(cfg: DictConfig) -> float | None:
         log.info("resuming from %s", last)
         ckpt_path = str(last)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.dirpath:
+        # last.ckpt = the final state, also when the last epoch's save was skipped (the
+        # checkpoint callback saves per validation; EM may converge in between)
+        trainer.save_checkpoint(Path(trainer.checkpoint_callback.dirpath) / "last.ckpt")
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     best = getattr(trainer.checkpoint_callback, "best_model_path", "")
     if cfg.get("test", True):
@@ -104,6 +110,14 @@ def main(cfg: DictConfig) -> float | None:
         return run(cfg)
     except ConfigError as err:
         report_and_exit(err)
+    except Exception:
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            raise
+        # one failed job must not end the sweep: record it, go on with the others
+        trace = traceback.format_exc()
+        Path(cfg.paths.output_dir, "error.txt").write_text(trace)
+        log.error("job failed (recorded in error.txt):\n%s", trace)
+        return None
 
 
 def cli() -> None:

@@ -24,8 +24,33 @@ class MixtureModule(pl.LightningModule):
         # copies are float32); train.py writes these into metrics.json
         self.exact_metrics: dict[str, float] = {}
 
+    # ---- what every mixture model offers (the pictures callback and evaluate use these)
     def evaluate_batch(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(log p(x) (N,), cluster (N,))"""
         raise NotImplementedError
+
+    def display_mixture(self):
+        """The mixture in feature space, as it is used for evaluation."""
+        raise NotImplementedError
+
+    def embed(self, x: Tensor) -> Tensor:
+        """Inputs -> the features the mixture models."""
+        raise NotImplementedError
+
+    def decode(self, z: Tensor) -> Tensor | None:
+        """Features -> input space (None where the features cannot be decoded)."""
+        return None
+
+    @torch.no_grad()
+    def sample(self, n: int) -> Tensor:
+        """n samples in input space (decoded where the model has a decoder)."""
+        z, _ = self.display_mixture().sample(n)
+        decoded = self.decode(z.float())
+        return z if decoded is None else decoded
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor) -> Tensor | None:
+        return self.decode(self.embed(x))
 
     def validation_step(self, batch, batch_idx):
         self._eval_step(batch)

@@ -151,5 +151,14 @@ class DeepGMM(MixtureModule):
         return self.objective.log_prob(x), self.objective.cluster(x)
 
     @torch.no_grad()
-    def sample(self, n: int) -> Tensor:
-        return self.objective.sample(n)
+    def predict_proba(self, x: Tensor) -> Tensor:
+        return self.objective.mixture().responsibilities(self.objective.embed(x))
+
+    def display_mixture(self):
+        return self.objective.mixture()
+
+    def embed(self, x: Tensor) -> Tensor:
+        return self.objective.embed(x)
+
+    def decode(self, z: Tensor) -> Tensor:
+        return self.objective.decode(z)

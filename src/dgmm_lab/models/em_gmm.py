@@ -176,6 +176,15 @@ class EMGMM(MixtureModule):
         log_norm, log_resp = self.mixture.log_responsibilities(self.backbone(x).double())
         return log_norm, log_resp.argmax(-1)
 
+    def display_mixture(self) -> MixtureDensity:
+        return self.mixture
+
+    def embed(self, x: Tensor) -> Tensor:
+        return self.backbone(x)
+
+    def decode(self, z: Tensor) -> Tensor:
+        return self.backbone.decode(z)
+
     def predict_proba(self, x: Tensor) -> Tensor:
         return self.mixture.responsibilities(self.backbone(x).double())
 

@@ -68,7 +68,7 @@ class PCA(FeatureExtractor):
         return self
 
     def forward(self, x: Tensor) -> Tensor:
-        return (x.flatten(1) - self.mean) @ self.components.T / self.scale
+        return (x.flatten(1).to(self.mean.dtype) - self.mean) @ self.components.T / self.scale
 
     def decode(self, z: Tensor) -> Tensor:
         return self.unflatten((z * self.scale) @ self.components + self.mean)

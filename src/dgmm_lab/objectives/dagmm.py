@@ -65,6 +65,8 @@ class DAGMMObjective(nn.Module):
     def initialize(self, *_, **__) -> None:
         pass
 
-    def sample(self, n: int) -> Tensor:
-        z, _ = self.mixture().sample(n)
-        return self.backbone.decode(z[:, :-2])
+    def embed(self, x: Tensor) -> Tensor:
+        return self.features(x)[0]
+
+    def decode(self, z: Tensor) -> Tensor:
+        return self.backbone.decode(z[:, :-2])  # the code, without the two error features

@@ -63,6 +63,8 @@ class NLLObjective(nn.Module):
                 best = (score, r)
         self.parameter_generator.set_from(best[1].weights, best[1].means, best[1].covariances)
 
-    def sample(self, n: int) -> Tensor:
-        z, _ = self.mixture().sample(n)
-        return self.backbone.decode(z.to(next(self.parameters()).dtype))
+    def embed(self, x: Tensor) -> Tensor:
+        return self.features(x)[0]
+
+    def decode(self, z: Tensor) -> Tensor:
+        return self.backbone.decode(z)

@@ -96,7 +96,9 @@ class VaDEObjective(nn.Module):
         gm.fit(codes.cpu().numpy())
         gen.set_from(*(torch.as_tensor(a) for a in (gm.weights_, gm.means_, gm.covariances_)))
 
-    def sample(self, n: int) -> Tensor:
-        z, _ = self.mixture().sample(n)
+    def embed(self, x: Tensor) -> Tensor:
+        return self.encode(x)[0]
+
+    def decode(self, z: Tensor) -> Tensor:
         out = self.backbone.decode(z)
         return torch.sigmoid(out) if self.likelihood == "bernoulli" else out

@@ -1,0 +1,82 @@
+"""TensorBoard pictures and histograms of a mixture model, every few validation epochs."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import TensorBoardLogger
+
+from . import viz
+
+
+class MixturePictures(pl.Callback):
+    """Images: component means and model samples (decoded, as images where the data are
+    images), reconstructions beside inputs, and for 2-D data a scatter plot with covariance
+    ellipses.  Histograms: mixture weights, covariance eigenvalues.  Projector: latent codes
+    with labels for deep models (at most ``n_embed`` points), at the end of training."""
+
+    def __init__(self, every_n_epochs: int = 5, n_samples: int = 64, n_embed: int = 500):
+        self.every_n_epochs, self.n_samples, self.n_embed = every_n_epochs, n_samples, n_embed
+
+    @staticmethod
+    def _writer(trainer: pl.Trainer):
+        for lg in trainer.loggers:
+            if isinstance(lg, TensorBoardLogger):
+                return lg.experiment
+        return None
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        last = trainer.current_epoch + 1 >= (trainer.max_epochs or 0) or trainer.should_stop
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        if trainer.current_epoch % self.every_n_epochs and not last:
+            return
+        writer = self._writer(trainer)
+        if writer is not None:
+            with torch.no_grad():
+                self.draw(writer, trainer, pl_module, trainer.current_epoch)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        writer = self._writer(trainer)
+        if writer is None or not trainer.is_global_zero or not hasattr(pl_module, "objective"):
+            return
+        x, y = trainer.datamodule.tensors("val")
+        x, y = x[: self.n_embed].to(pl_module.device), y[: self.n_embed]
+        with torch.no_grad():
+            codes = pl_module.embed(x).float().cpu()
+        writer.add_embedding(codes, metadata=y.tolist(), tag="latent_codes", global_step=trainer.current_epoch)
+
+    def draw(self, writer, trainer, model, step: int) -> None:
+        mixture = model.display_mixture()
+        image_shape = getattr(trainer.datamodule, "image_shape", None)
+        x, y = trainer.datamodule.tensors("val")
+        x_dev = x[:512].to(model.device)
+
+        writer.add_histogram("mixture/weights", mixture.weights.detach().float().cpu(), step)
+        eig = viz.dense_covariances(mixture)
+        writer.add_histogram("mixture/covariance_eigenvalues",
+                             torch.linalg.eigvalsh(torch.as_tensor(eig)).flatten().float(), step)
+
+        means = mixture.means.detach().float()
+        decoded_means = model.decode(means)
+        samples = model.sample(self.n_samples)
+        if image_shape is not None and decoded_means is not None:
+            writer.add_image("images/component_means", viz.image_grid(decoded_means.reshape(-1, *image_shape)), step)
+            writer.add_image("images/samples", viz.image_grid(samples.reshape(-1, *image_shape)), step)
+            recon = model.reconstruct(x_dev[:10])
+            if recon is not None:
+                writer.add_image("images/reconstructions",
+                                 viz.side_by_side(x_dev[:10].reshape(-1, *image_shape).cpu(),
+                                                  recon.reshape(-1, *image_shape).cpu()), step)
+        features = model.embed(x_dev)
+        if features.shape[1] == 2:
+            fig = viz.scatter_with_ellipses(features, y[:512], mixture, f"epoch {step}")
+            writer.add_figure("images/components", fig, step)
+            plt.close(fig)
+        if x.shape[1:] == (2,):
+            fig = viz.scatter_with_ellipses(samples.cpu(), None, mixture if features.shape[1] == 2 else None,
+                                            f"samples, epoch {step}")
+            writer.add_figure("images/samples_2d", fig, step)
+            plt.close(fig)
+

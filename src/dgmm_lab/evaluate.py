@@ -1,0 +1,93 @@
+"""``python -m dgmm_lab.evaluate ckpt_path=RUN/checkpoints/last.ckpt [overrides]``
+
+Rebuilds the model from the run's saved ``config.yaml``, loads the checkpoint, evaluates on
+the test split, prints a table and writes ``metrics.json`` (next to the run, under
+``eval/``, or into ``output_dir=...``).  Overrides are dotted keys of the saved config
+(``data.limit_test=1000``) or a data group (``data=mnist``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from .config import CONF_DIR, ConfigError, report_and_exit
+
+
+def load_run_config(ckpt: Path, overrides: list[str]) -> DictConfig:
+    run_dir = ckpt.resolve().parent.parent
+    saved = run_dir / "config.yaml"
+    if not saved.exists():
+        raise ConfigError(f"ckpt_path={str(ckpt)!r} has no config.yaml two levels up ({saved}); "
+                          "expected RUN_DIR/checkpoints/NAME.ckpt from dgmm_lab.train")
+    cfg = OmegaConf.load(saved)
+    for item in overrides:
+        key, value = item.split("=", 1)
+        if key == "data":  # a whole data group, resolved against the run's paths
+            group_file = CONF_DIR / "data" / f"{value}.yaml"
+            if not group_file.exists():
+                allowed = ", ".join(sorted(p.stem for p in group_file.parent.glob("*.yaml")))
+                raise ConfigError(f"data={value!r} is not a known data config; allowed: {allowed}")
+            cfg.data = OmegaConf.load(group_file)
+        else:
+            OmegaConf.update(cfg, key, yaml.safe_load(value) if value else value, merge=True)
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
+def evaluate(ckpt: Path, overrides: list[str], output_dir: Path | None = None) -> dict[str, float]:
+    import pytorch_lightning as pl
+    import torch
+
+    from .train import build
+
+    cfg = load_run_config(ckpt, overrides)
+    torch.set_num_threads(cfg.num_threads)
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule, model = build(cfg)
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    model.load_state_dict(state)
+    trainer = pl.Trainer(accelerator=cfg.trainer.get("accelerator", "cpu"), devices=1, logger=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    trainer.test(model, datamodule=datamodule, verbose=False)
+    metrics = {k: v for k, v in model.exact_metrics.items() if k.startswith("test/")}
+    out = output_dir or ckpt.resolve().parent.parent / "eval" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(dict(sorted(metrics.items())), indent=2))
+    OmegaConf.save(cfg, out / "config.yaml")
+    width = max(len(k) for k in metrics)
+    print(f"{'metric':<{width}}  value\n{'-' * width}  {'-' * 14}")
+    for key, value in sorted(metrics.items()):
+        print(f"{key:<{width}}  {value:.10g}")
+    print(f"written: {out / 'metrics.json'}")
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = dict(a.split("=", 1) for a in argv if a.startswith(("ckpt_path=", "output_dir=")))
+        rest = [a for a in argv if not a.startswith(("ckpt_path=", "output_dir="))]
+        bad = [a for a in rest if "=" not in a]
+        if bad:
+            raise ConfigError(f"argument {bad[0]!r} is not key=value; usage: python -m "
+                              "dgmm_lab.evaluate ckpt_path=RUN/checkpoints/last.ckpt [key=value ...]")
+        if not args.get("ckpt_path"):
+            raise ConfigError("ckpt_path is required; usage: python -m dgmm_lab.evaluate "
+                              "ckpt_path=RUN/checkpoints/last.ckpt [key=value ...]")
+        ckpt = Path(args["ckpt_path"])
+        if not ckpt.is_file():
+            raise ConfigError(f"ckpt_path={str(ckpt)!r} does not exist")
+        out = Path(args["output_dir"]) if args.get("output_dir") else None
+        evaluate(ckpt, rest, out)
+    except ConfigError as err:
+        report_and_exit(err)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""``python -m dgmm_lab.report SWEEP_DIR``: one table and a few plots for a whole sweep.
+
+Reads every job directory (one with ``.hydra/overrides.yaml``) under SWEEP_DIR: its swept
+overrides and ``metrics.json``.  Writes ``report.md`` (best value per metric in bold),
+``report.csv`` and ``<metric>.png`` (metric against k, one line per covariance type, one
+panel per model/backbone).  Jobs without ``metrics.json`` are listed as failed or running.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+MAIN_METRICS = ("val/nll", "test/nll", "test/acc", "test/nmi", "test/ari", "train/bic")
+HIGHER_IS_BETTER = ("acc", "nmi", "ari", "auroc", "average_precision", "f1", "precision", "recall")
+
+
+def read_jobs(sweep_dir: Path) -> list[dict]:
+    jobs = []
+    for overrides_file in sorted(sweep_dir.rglob(".hydra/overrides.yaml")):
+        job_dir = overrides_file.parent.parent
+        overrides = yaml.safe_load(overrides_file.read_text()) or []
+        params = dict(o.split("=", 1) for o in overrides if "=" in o)
+        metrics_file = job_dir / "metrics.json"
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+        error_file = job_dir / "error.txt"
+        if metrics:
+            status = "done"
+        elif error_file.exists():
+            status = "failed: " + error_file.read_text().strip().splitlines()[-1][:80].replace("|", "/")
+        else:
+            status = "running (or killed)"
+        jobs.append({"job": str(job_dir.relative_to(sweep_dir)) or ".", "params": params,
+                     "status": status, "metrics": metrics})
+    return jobs
+
+
+def swept_keys(jobs: list[dict]) -> list[str]:
+    keys = {k for j in jobs for k in j["params"]}
+    varying = [k for k in sorted(keys) if len({j["params"].get(k) for j in jobs}) > 1]
+    return varying or sorted(keys)
+
+
+def best_values(jobs: list[dict], metrics: list[str]) -> dict[str, float]:
+    best = {}
+    for m in metrics:
+        values = [j["metrics"][m] for j in jobs if m in j["metrics"]]
+        if values:
+            higher = m.split("/")[-1] in HIGHER_IS_BETTER
+            best[m] = max(values) if higher else min(values)
+    return best
+
+
+def write_report(sweep_dir: Path) -> Path:
+    jobs = read_jobs(sweep_dir)
+    if not jobs:
+        raise SystemExit(f"dgmm_lab: error: no job directories (with .hydra/overrides.yaml) under {sweep_dir}")
+    keys = swept_keys(jobs)
+    present = {m for j in jobs for m in j["metrics"]}
+    metrics = [m for m in MAIN_METRICS if m in present]
+    best = best_values(jobs, metrics)
+
+    lines = [f"# Sweep report: {sweep_dir.name}", "",
+             f"{sum(j['status'] == 'done' for j in jobs)} of {len(jobs)} jobs finished. "
+             "Best value per metric in bold (lowest for nll/bic, highest for acc/nmi/ari).", "",
+             "| " + " | ".join([*keys, "status", *metrics]) + " |",
+             "|" + "---|" * (len(keys) + 1 + len(metrics))]
+    for j in jobs:
+        cells = [j["params"].get(k, "") for k in keys] + [j["status"]]
+        for m in metrics:
+            v = j["metrics"].get(m)
+            cells.append("" if v is None else (f"**{v:.4f}**" if v == best[m] else f"{v:.4f}"))
+        lines.append("| " + " | ".join(cells) + " |")
+    report = sweep_dir / "report.md"
+    report.write_text("\n".join(lines) + "\n")
+
+    with open(sweep_dir / "report.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["job", *keys, "status", *sorted(present)])
+        for j in jobs:
+            writer.writerow([j["job"], *(j["params"].get(k, "") for k in keys), j["status"],
+                             *(j["metrics"].get(m, "") for m in sorted(present))])
+    plot_metrics(jobs, metrics, sweep_dir)
+    return report
+
+
+def plot_metrics(jobs: list[dict], metrics: list[str], out_dir: Path) -> None:
+    from . import viz  # noqa: F401  (selects the headless backend)
+    import matplotlib.pyplot as plt
+
+    done = [j for j in jobs if j["metrics"] and "k" in j["params"]]
+    if not done:
+        return
+    panel_of = lambda j: f"{j['params'].get('model', '')} {j['params'].get('backbone', '')}".strip() or "all"  # noqa: E731
+    panels = sorted({panel_of(j) for j in done})
+    for m in metrics:
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
+        for ax, panel in zip(axes[0], panels):
+            rows = [j for j in done if panel_of(j) == panel and m in j["metrics"]]
+            for cov in sorted({j["params"].get("covariance", "default") for j in rows}):
+                pts = sorted((int(j["params"]["k"]), j["metrics"][m]) for j in rows
+                             if j["params"].get("covariance", "default") == cov)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=cov)
+            ax.set_title(panel)
+            ax.set_xlabel("k")
+            ax.set_ylabel(m)
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out_dir / f"{m.replace('/', '_')}.png", dpi=100)
+        plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1 or not Path(argv[0]).is_dir():
+        raise SystemExit("dgmm_lab: error: usage: python -m dgmm_lab.report SWEEP_DIR "
+                         f"(got {' '.join(argv) or 'nothing'})")
+    report = write_report(Path(argv[0]))
+    print(report.read_text())
+    print(f"written: {report}, {report.with_suffix('.csv')} and PNG plots")
+
+
+if __name__ == "__main__":
+    main()

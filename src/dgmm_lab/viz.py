@@ -1,0 +1,67 @@
+"""Pictures of a mixture: image grids and 2-D scatter plots with covariance ellipses."""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: figures go to TensorBoard and PNG files only
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
+from torchvision.utils import make_grid  # noqa: E402
+
+from .mixture.density import MixtureDensity  # noqa: E402
+
+
+def image_grid(images: Tensor, nrow: int = 10) -> Tensor:
+    """(N, C, H, W) -> (C, H', W') in [0, 1], each image scaled on its own."""
+    return make_grid(images.detach().float().cpu(), nrow=nrow, normalize=True, scale_each=True, padding=2)
+
+
+def side_by_side(inputs: Tensor, outputs: Tensor) -> Tensor:
+    """Inputs on odd rows, their reconstructions below them."""
+    n = min(len(inputs), 10)
+    pairs = torch.cat([inputs[:n], outputs[:n]])
+    return image_grid(pairs, nrow=n)
+
+
+def ellipse_points(mean: np.ndarray, cov: np.ndarray, n_std: float = 2.0) -> np.ndarray:
+    vals, vecs = np.linalg.eigh(cov)
+    t = np.linspace(0, 2 * math.pi, 100)
+    circle = np.stack([np.cos(t), np.sin(t)])
+    return (vecs @ (n_std * np.sqrt(np.maximum(vals, 0))[:, None] * circle)).T + mean
+
+
+def dense_covariances(mixture: MixtureDensity) -> np.ndarray:
+    cov = mixture.covariances.detach().double().cpu()
+    k, d = mixture.means.shape
+    if mixture.covariance_type == "tied":
+        cov = cov.expand(k, d, d)
+    elif mixture.covariance_type == "diag":
+        cov = torch.diag_embed(cov)
+    elif mixture.covariance_type == "spherical":
+        cov = cov.view(-1, 1, 1) * torch.eye(d, dtype=cov.dtype)
+    return cov.numpy()
+
+
+def scatter_with_ellipses(x: Tensor, labels: Tensor | None, mixture: MixtureDensity | None,
+                          title: str = "") -> plt.Figure:
+    """2-D data coloured by label, each component's mean and 2-sigma ellipse on top."""
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    pts = x.detach().cpu().numpy()
+    ax.scatter(pts[:, 0], pts[:, 1], s=3, c=None if labels is None else labels.cpu().numpy(),
+               cmap="tab10", alpha=0.5)
+    components = [] if mixture is None else zip(
+        mixture.means.detach().double().cpu().numpy(), dense_covariances(mixture),
+        mixture.weights.detach().double().cpu().numpy())
+    for mean, cov, w in components:
+        ring = ellipse_points(mean[:2], cov[:2, :2])
+        ax.plot(ring[:, 0], ring[:, 1], "k-", lw=0.5 + 3 * w)
+        ax.plot(*mean[:2], "k+", ms=8)
+    ax.set_title(title)
+    ax.set_aspect("equal", adjustable="datalim")
+    fig.tight_layout()
+    return fig

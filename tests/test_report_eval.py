@@ -1,0 +1,44 @@
+"""A small sweep, its report, and evaluate reproducing a job's test metrics exactly."""
+
+import csv
+import json
+import subprocess
+import sys
+
+from conftest import ROOT, run_cli
+
+
+def test_sweep_report_and_evaluate(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli(["model=em_gmm,deep_gmm", "k=2,4", "debug=fast", f"hydra.sweep.dir={sweep}", "-m"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    # a fifth job that fails, and one that never finished
+    broken = run_cli(["model=deep_gmm", "k=3", "debug=fast", "data.batch_size=-1",
+                      f"hydra.sweep.dir={sweep}", "-m"])
+    assert broken.returncode == 0, broken.stderr[-3000:]
+    report = subprocess.run([sys.executable, "-m", "dgmm_lab.report", str(sweep)], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert report.returncode == 0, report.stderr[-3000:]
+    table = (sweep / "report.md").read_text()
+    rows = [l for l in table.splitlines() if l.startswith("| ") and "status" not in l]
+    assert len(rows) == 5
+    assert sum("| done |" in r for r in rows) == 4 and sum("failed:" in r for r in rows) == 1
+    assert table.count("**") >= 2 * 5  # a best value marked for each main metric column
+    with open(sweep / "report.csv") as f:
+        assert len(list(csv.DictReader(f))) == 5
+    assert (sweep / "test_nll.png").stat().st_size > 1000
+
+    job = sweep / "k=4,model=deep_gmm"
+    expected = json.loads((job / "metrics.json").read_text())
+    ev = subprocess.run([sys.executable, "-m", "dgmm_lab.evaluate", f"ckpt_path={job}/checkpoints/last.ckpt",
+                         f"output_dir={tmp_path / 'eval'}"], cwd=ROOT, capture_output=True, text=True)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    got = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert got == {k: v for k, v in expected.items() if k.startswith("test/")}
+
+
+def test_evaluate_without_checkpoint_is_one_line(tmp_path):
+    ev = subprocess.run([sys.executable, "-m", "dgmm_lab.evaluate"], cwd=ROOT, capture_output=True, text=True)
+    assert ev.returncode == 2 and ev.stderr.strip() == (
+        "dgmm_lab: error: ckpt_path is required; usage: python -m dgmm_lab.evaluate "
+        "ckpt_path=RUN/checkpoints/last.ckpt [key=value ...]")
