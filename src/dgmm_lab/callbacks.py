@@ -60,7 +60,9 @@ class MixturePictures(pl.Callback):
 
         means = mixture.means.detach().float()
         decoded_means = model.decode(means)
-        samples = model.sample(self.n_samples)
+        # own generator: drawing pictures must not change the training's random stream
+        g = torch.Generator(device=model.device).manual_seed(step)
+        samples = model.sample(self.n_samples, g)
         if image_shape is not None and decoded_means is not None:
             writer.add_image("images/component_means", viz.image_grid(decoded_means.reshape(-1, *image_shape)), step)
             writer.add_image("images/samples", viz.image_grid(samples.reshape(-1, *image_shape)), step)

@@ -76,15 +76,18 @@ class TensorDataModule(pl.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         self.setup()
         size = self.batch_size if split == "train" else self.eval_batch_size
-        g = torch.Generator().manual_seed(self.split_seed)
         kwargs = dict(batch_size=size, num_workers=self.num_workers,
                       persistent_workers=self.num_workers > 0)
         trainer = self.trainer
-        if trainer is not None and trainer.world_size > 1 and (split != "train" or self.exact_train_shards):
-            sampler = ShardSampler(self.splits[split], trainer.world_size, trainer.global_rank,
-                                   shuffle=shuffle, seed=self.split_seed)
-            return DataLoader(self.splits[split], sampler=sampler, **kwargs)
-        return DataLoader(self.splits[split], shuffle=shuffle, generator=g, **kwargs)
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        if split == "train" and not self.exact_train_shards:
+            # shuffled by seed + epoch (Lightning calls set_epoch), so a resumed run sees the
+            # same order as an uninterrupted one; padded so every rank takes equal steps
+            sampler = DistributedSampler(self.splits[split], world, rank, shuffle=shuffle,
+                                         seed=self.split_seed)
+        else:
+            sampler = ShardSampler(self.splits[split], world, rank, shuffle=shuffle, seed=self.split_seed)
+        return DataLoader(self.splits[split], sampler=sampler, **kwargs)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

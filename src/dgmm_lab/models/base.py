@@ -42,15 +42,28 @@ class MixtureModule(pl.LightningModule):
         return None
 
     @torch.no_grad()
-    def sample(self, n: int) -> Tensor:
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """n samples in input space (decoded where the model has a decoder)."""
-        z, _ = self.display_mixture().sample(n)
+        z, _ = self.display_mixture().sample(n, generator)
         decoded = self.decode(z.float())
         return z if decoded is None else decoded
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor | None:
         return self.decode(self.embed(x))
+
+    # ---- a resumed run continues the random stream of the uninterrupted one
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["rng_state"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["rng_state"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("rng_state")
+        if state:
+            torch.set_rng_state(state["torch"])
+            if "cuda" in state and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["cuda"])
 
     def validation_step(self, batch, batch_idx):
         self._eval_step(batch)

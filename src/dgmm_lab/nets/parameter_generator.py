@@ -82,7 +82,7 @@ class AmortizedParameters(nn.Module):
     """DAGMM's estimation network: z -> gamma (N, K) -> moments -> mixture."""
 
     def __init__(self, in_dim: int, n_components: int, covariance_type: str,
-                 hidden: int = 10, dropout: float = 0.5, eps: float = 1e-6):
+                 hidden: int = 10, dropout: float = 0.5, eps: float = 1e-5):
         super().__init__()
         self.covariance_type, self.eps = covariance_type, eps
         self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.Tanh(), nn.Dropout(dropout),
@@ -104,6 +104,10 @@ class AmortizedParameters(nn.Module):
         return n, gamma.sum(0), gamma.T @ z, torch.einsum("nk,nd,ne->kde", gamma, z, z)
 
     def mixture_from_moments(self, n: Tensor, s0: Tensor, s1: Tensor, s2: Tensor) -> MixtureDensity:
+        """Weights, means, covariances from the sums; computed in float64 (S2/S0 - mu mu^T
+        cancels badly in float32) with ``eps`` on the diagonal, returned in the input dtype."""
+        dtype = s1.dtype
+        n, s0, s1, s2 = (t.double() for t in (n, s0, s1, s2))
         s0 = s0 + self.eps
         means = s1 / s0.unsqueeze(-1)
         cov = s2 / s0.view(-1, 1, 1) - means.unsqueeze(-1) * means.unsqueeze(1)
@@ -116,7 +120,8 @@ class AmortizedParameters(nn.Module):
         elif self.covariance_type == "spherical":
             cov = torch.diagonal(cov, dim1=-2, dim2=-1).mean(-1)
         prec_chol = precision_cholesky_from_covariance(cov, self.covariance_type)
-        return MixtureDensity((s0 / n).log(), means, prec_chol, self.covariance_type)
+        return MixtureDensity((s0 / n).log().to(dtype), means.to(dtype), prec_chol.to(dtype),
+                              self.covariance_type)
 
     def forward(self, z: Tensor, gamma: Tensor, reduce=None) -> MixtureDensity:
         """Batch mixture; ``reduce`` sums the moments over processes (with gradients)."""
