@@ -24,6 +24,14 @@ class ConfigError(ValueError):
     pass
 
 
+def _gpus_per_node(accelerator: str, devices) -> int:
+    return int(devices) if str(accelerator) in ("gpu", "cuda") and str(devices).isdigit() else 0
+
+
+# the Slurm launcher asks for as many GPUs per node as the trainer uses
+OmegaConf.register_new_resolver("gpus_per_node", _gpus_per_node, replace=True)
+
+
 def report_and_exit(err: Exception) -> None:
     print(f"dgmm_lab: error: {err}", file=sys.stderr)
     sys.exit(2)
@@ -67,6 +75,7 @@ def check_config(cfg: DictConfig) -> None:
     for key in ("covariance", "objective", "k"):
         _check_value(key, cfg.get(key))
     _check_objective_backbone(cfg)
+    _check_launcher(cfg)
     threads = cfg.get("num_threads")
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise ConfigError(f"num_threads={threads!r} must be an integer >= 1")
@@ -84,6 +93,22 @@ def _check_objective_backbone(cfg: DictConfig) -> None:
     if backbone not in allowed:
         raise ConfigError(f"backbone={backbone!r} does not fit objective={cfg.objective!r}; "
                           f"allowed backbones for it: {', '.join(allowed)}")
+
+
+def _check_launcher(cfg: DictConfig) -> None:
+    """Lightning's popen DDP re-launches the whole command line, -m and sweep included, so
+    in a local sweep rank 1 would run every job by itself: refuse it."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return
+    launcher = HydraConfig.get().runtime.choices.get("launcher", "local")
+    strategy = cfg.trainer.get("strategy")
+    popen = isinstance(strategy, DictConfig) and strategy.get("start_method") == "popen" or strategy == "ddp"
+    if launcher in ("local", "submitit_local") and popen and str(cfg.trainer.get("devices")) not in ("1", "auto"):
+        raise ConfigError(f"trainer=ddp (popen) cannot run inside a local -m sweep with launcher={launcher}; "
+                          "use trainer=ddp_spawn there, or launcher=slurm")
 
 
 def missing_keys(node, prefix: str = "") -> list[str]:
