@@ -27,3 +27,23 @@ def test_em_two_processes_equal_one(covariance, tmp_path):
     for key in ("train/log_likelihood", "val/nll", "test/nll", "train/bic"):
         assert two[key] == pytest.approx(one[key], rel=1e-9, abs=1e-9), key
     assert two["test/acc"] == one["test/acc"]
+
+
+def test_local_sweep_with_two_processes_per_job(tmp_path):
+    result = run_cli(["k=2,3", "trainer=ddp_spawn", "trainer.accelerator=cpu", "debug=fast",
+                      f"hydra.sweep.dir={tmp_path}", "-m"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert [j.name.split(",")[0] for j in jobs] == ["k=2", "k=3"]
+    for job, k in zip(jobs, (2, 3)):
+        assert (job / "metrics.json").exists()
+        ranks = [json.loads(f.read_text()) for f in sorted((job / "ranks").glob("rank*.json"))]
+        assert [r["global_rank"] for r in ranks] == [0, 1]
+        assert all(r["world_size"] == 2 and r["hparams"]["n_components"] == k for r in ranks)
+
+
+def test_popen_ddp_in_a_local_sweep_is_refused(tmp_path):
+    result = run_cli(["k=2,3", "trainer=ddp", "trainer.accelerator=cpu", "debug=fast",
+                      f"hydra.sweep.dir={tmp_path}", "-m"])
+    assert "use trainer=ddp_spawn there" in result.stderr
+    assert not list(tmp_path.rglob("*.ckpt"))

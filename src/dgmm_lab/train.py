@@ -92,7 +92,7 @@ def run(cfg: DictConfig) -> float | None:
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
     metrics.update(getattr(model, "exact_metrics", {}))
     if hasattr(model, "final_metrics"):
-        metrics.update(model.final_metrics())
+        metrics.update(model.final_metrics(datamodule))
     bad = [k for k, v in metrics.items() if not math.isfinite(v)]
     if bad:
         log.warning("non-finite final metrics: %s", ", ".join(bad))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
@@ -51,6 +54,16 @@ class MixtureModule(pl.LightningModule):
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor | None:
         return self.decode(self.embed(x))
+
+    def setup(self, stage: str) -> None:
+        """Each process records the hyper-parameters it runs with (ranks/rankN.json in the
+        run directory): proof that every rank of a job trains the same configuration."""
+        root = Path(self.trainer.default_root_dir)
+        if stage == "fit" and root.exists():
+            (root / "ranks").mkdir(exist_ok=True)
+            record = {"global_rank": self.global_rank, "world_size": self.trainer.world_size,
+                      "hparams": {k: v for k, v in self.hparams.items() if isinstance(v, (int, float, str, bool))}}
+            (root / "ranks" / f"rank{self.global_rank}.json").write_text(json.dumps(record, indent=1))
 
     # ---- a resumed run continues the random stream of the uninterrupted one
     def on_save_checkpoint(self, checkpoint: dict) -> None:

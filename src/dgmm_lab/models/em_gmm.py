@@ -63,6 +63,7 @@ class EMGMM(MixtureModule):
 
     # ------------------------------------------------------------------ init
     def setup(self, stage: str) -> None:
+        super().setup(stage)
         datamodule = self.trainer.datamodule
         if datamodule is not None and hasattr(datamodule, "exact_train_shards"):
             datamodule.exact_train_shards = True
@@ -188,8 +189,8 @@ class EMGMM(MixtureModule):
     def predict_proba(self, x: Tensor) -> Tensor:
         return self.mixture.responsibilities(self.backbone(x).double())
 
-    def final_metrics(self) -> dict[str, float]:
-        x, _ = self.trainer.datamodule.tensors("train")
+    def final_metrics(self, datamodule) -> dict[str, float]:
+        x, _ = datamodule.tensors("train")
         z = self.backbone(x.to(self.device)).double()
         return {"train/bic": self.mixture.bic(z), "train/aic": self.mixture.aic(z),
                 "train/n_iter": float(self.n_iter)}
