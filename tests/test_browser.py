@@ -1,0 +1,88 @@
+"""TensorBoard serves a finished run's scalars, images and hparams; headless Chromium renders it."""
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import FAST, train_in_process
+
+pytestmark = pytest.mark.browser
+ARTIFACTS = Path(__file__).resolve().parents[1] / "outputs" / "test-artifacts"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--hide-scrollbars", "--window-size=1400,1000"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url: str):
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.loads(r.read())
+
+
+@pytest.fixture
+def tensorboard(tmp_path):
+    run_dir = tmp_path / "run"
+    train_in_process([*FAST, "trainer.max_epochs=5", "callbacks.pictures.every_n_epochs=1"], run_dir)
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(run_dir),
+                               "--host", "127.0.0.1", "--port", str(port), "--reload_interval", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if get(f"{url}/data/plugin/scalars/tags"):
+                    break
+            except OSError:
+                time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()  # our own server, by its PID
+        server.wait(timeout=30)
+
+
+def test_tensorboard_serves_scalars_images_and_hparams(tensorboard):
+    scalars = get(f"{tensorboard}/data/plugin/scalars/tags")
+    tags = {t for run in scalars.values() for t in run}
+    assert {"val/nll", "test/nll", "hp/test/nll"} <= tags
+    images = get(f"{tensorboard}/data/plugin/images/tags")
+    assert "images/components" in {t for run in images.values() for t in run}
+    request = urllib.request.Request(f"{tensorboard}/data/plugin/hparams/experiment",
+                                     data=json.dumps({"experimentName": ""}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as r:
+        experiment = json.loads(r.read())
+    hparam_names = {h["name"] for h in experiment.get("hparamInfos", [])}
+    assert {"k", "covariance", "model"} <= hparam_names
+
+
+def test_chromium_renders_the_dashboard(tensorboard):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "tensorboard_scalars.png"
+    shot.unlink(missing_ok=True)
+    profile = ARTIFACTS / "chromium-profile"
+    common = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=15000"]
+    dom = subprocess.run([*common, "--dump-dom", f"{tensorboard}/#timeseries"],
+                         capture_output=True, text=True, timeout=120).stdout
+    assert "TensorBoard" in dom and "<card-view" in dom  # the app rendered metric cards
+    for group in ("val", "test", "hp", "images"):  # one card group per tag prefix
+        assert f">{group}<" in dom
+    subprocess.run([*common, f"--screenshot={shot}", f"{tensorboard}/#scalars"],
+                   capture_output=True, timeout=120)
+    assert shot.exists() and shot.stat().st_size > 20_000
