@@ -29,3 +29,20 @@ def clustering_metrics(labels, clusters) -> dict[str, float]:
 
 def bits_per_dim(nll_nats: float, dim: int) -> float:
     return nll_nats / (dim * math.log(2))
+
+
+def anomaly_metrics(is_anomaly, energy, contamination: float | None = None) -> dict[str, float]:
+    """Energy (-log p) as the anomaly score: AUROC, average precision, and DAGMM's protocol:
+    flag the top ``contamination`` fraction of energies (default: the true anomaly rate) as
+    anomalies and report precision, recall and F1."""
+    from sklearn.metrics import average_precision_score, precision_recall_fscore_support, roc_auc_score
+
+    is_anomaly, energy = np.asarray(is_anomaly).astype(bool), np.asarray(energy, dtype=np.float64)
+    rate = is_anomaly.mean() if contamination is None else contamination
+    threshold = np.quantile(energy, 1 - rate)
+    flagged = energy > threshold
+    precision, recall, f1, _ = precision_recall_fscore_support(is_anomaly, flagged, average="binary",
+                                                               zero_division=0)
+    return {"auroc": float(roc_auc_score(is_anomaly, energy)),
+            "average_precision": float(average_precision_score(is_anomaly, energy)),
+            "precision": float(precision), "recall": float(recall), "f1": float(f1)}

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from ..distributed import gather_uneven
-from ..metrics import clustering_metrics
+from ..metrics import anomaly_metrics, clustering_metrics
 
 
 class MixtureModule(pl.LightningModule):
@@ -104,7 +104,11 @@ class MixtureModule(pl.LightningModule):
         metrics = {f"{stage}/nll": float(-log_p.mean())}
         if self.trainer.sanity_checking:
             return
-        if y.numel() and int(y.min()) >= 0:
+        datamodule = self.trainer.datamodule
+        if getattr(datamodule, "anomaly_protocol", False) and stage == "test":
+            scores = anomaly_metrics(y.cpu().numpy(), (-log_p).cpu().numpy(), datamodule.contamination)
+            metrics.update({f"{stage}/{name}": value for name, value in scores.items()})
+        elif y.numel() and int(y.min()) >= 0:
             for name, value in clustering_metrics(y.cpu().numpy(), cluster.cpu().numpy()).items():
                 metrics[f"{stage}/{name}"] = value
         metrics.update(self.extra_eval_metrics(stage, log_p))

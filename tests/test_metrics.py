@@ -1,0 +1,54 @@
+"""Metrics against scikit-learn on random labelings and scores, ties and K != classes included."""
+
+import numpy as np
+import pytest
+from scipy.optimize import linear_sum_assignment
+from sklearn.metrics import (
+    adjusted_rand_score,
+    average_precision_score,
+    confusion_matrix,
+    normalized_mutual_info_score,
+    roc_auc_score,
+)
+
+from dgmm_lab.metrics import anomaly_metrics, cluster_accuracy, clustering_metrics
+
+
+def brute_force_accuracy(labels, clusters):
+    cm = confusion_matrix(clusters, labels, labels=np.union1d(labels, clusters))
+    rows, cols = linear_sum_assignment(-cm)
+    return cm[rows, cols].sum() / len(labels)
+
+
+@pytest.mark.parametrize("k", [3, 10, 14])
+@pytest.mark.parametrize("seed", range(3))
+def test_clustering_metrics_match_references(k, seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(10, size=1000)
+    clusters = np.where(rng.random(1000) < 0.7, labels % k, rng.integers(k, size=1000)) + 100
+    m = clustering_metrics(labels, clusters)
+    assert m["acc"] == pytest.approx(brute_force_accuracy(labels, clusters), abs=1e-12)
+    assert m["nmi"] == pytest.approx(normalized_mutual_info_score(labels, clusters), abs=1e-9)
+    assert m["ari"] == pytest.approx(adjusted_rand_score(labels, clusters), abs=1e-9)
+
+
+def test_accuracy_is_one_under_relabeling_and_chance_for_noise():
+    labels = np.repeat(np.arange(5), 200)
+    assert cluster_accuracy(labels, (labels + 3) % 5 + 7) == 1.0
+    noise = np.random.default_rng(0).integers(5, size=1000)
+    assert cluster_accuracy(labels, noise) < 0.3
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_anomaly_metrics_match_sklearn_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    y = rng.random(500) < 0.2
+    energy = np.round(rng.normal(size=500) + 1.5 * y, 1)  # rounding makes ties
+    m = anomaly_metrics(y, energy)
+    assert m["auroc"] == pytest.approx(roc_auc_score(y, energy), abs=1e-9)
+    assert m["average_precision"] == pytest.approx(average_precision_score(y, energy), abs=1e-9)
+    flagged = energy > np.quantile(energy, 1 - y.mean())
+    tp = (flagged & y).sum()
+    assert m["precision"] == pytest.approx(tp / flagged.sum(), abs=1e-12)
+    assert m["recall"] == pytest.approx(tp / y.sum(), abs=1e-12)
+    assert m["f1"] == pytest.approx(2 * tp / (flagged.sum() + y.sum()), abs=1e-12)
