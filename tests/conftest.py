@@ -52,3 +52,16 @@ def mnist_dir() -> str:
         pytest.skip("real MNIST needs DGMM_LAB_DATA_DIR pointing at a folder with MNIST/raw/*.gz "
                     "(CI sets it)")
     return path
+
+
+def load_model(run_dir: Path, ckpt: str = "last.ckpt"):
+    """The trained model of a finished run, rebuilt from its config.yaml and checkpoint."""
+    import torch
+
+    from dgmm_lab.evaluate import load_run_config
+    from dgmm_lab.train import build
+
+    path = run_dir / "checkpoints" / ckpt
+    datamodule, model = build(load_run_config(path, []))
+    model.load_state_dict(torch.load(path, weights_only=False)["state_dict"])
+    return datamodule, model.eval()

@@ -48,6 +48,9 @@ class MixturePictures(pl.Callback):
         writer.add_embedding(codes, metadata=y.tolist(), tag="latent_codes", global_step=trainer.current_epoch)
 
     def draw(self, writer, trainer, model, step: int) -> None:
+        if getattr(model, "conditional", False):
+            self.draw_conditional(writer, trainer, model, step)
+            return
         mixture = model.display_mixture()
         image_shape = getattr(trainer.datamodule, "image_shape", None)
         x, y = trainer.datamodule.tensors("val")
@@ -82,3 +85,23 @@ class MixturePictures(pl.Callback):
             writer.add_figure("images/samples_2d", fig, step)
             plt.close(fig)
 
+
+    def draw_conditional(self, writer, trainer, model, step: int) -> None:
+        """For 1-D x and 1-D y: the learned p(y | x) as a heat map, the data on top."""
+        x, y = trainer.datamodule.tensors("val")
+        if x.shape[1:] != (1,) or y.shape[1:] != (1,):
+            return
+        xs = torch.linspace(float(x.min()), float(x.max()), 150)
+        ys = torch.linspace(float(y.min()) - 0.1, float(y.max()) + 0.1, 150)
+        gx, gy = torch.meshgrid(xs, ys, indexing="ij")
+        log_p = model.objective.log_prob(gx.reshape(-1, 1).to(model.device), gy.reshape(-1, 1).to(model.device))
+        fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
+        ax.imshow(log_p.exp().reshape(150, 150).T.cpu(), origin="lower", aspect="auto", cmap="viridis",
+                  extent=(float(xs[0]), float(xs[-1]), float(ys[0]), float(ys[-1])))
+        ax.scatter(x[:500, 0], y[:500, 0], s=2, c="white", alpha=0.6)
+        ax.set_xlabel("x")
+        ax.set_ylabel("y")
+        ax.set_title(f"p(y | x), epoch {step}")
+        fig.tight_layout()
+        writer.add_figure("images/conditional_density", fig, step)
+        plt.close(fig)

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from .mixture.density import COVARIANCE_TYPES
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-OBJECTIVES = ("nll", "dagmm", "vade")
+OBJECTIVES = ("nll", "dagmm", "vade", "mdn")
 # groups whose choice a user types on the command line (backbone=..., model=...)
 CHECKED_GROUPS = ("model", "backbone", "data", "trainer", "logger", "callbacks", "experiment",
                   "debug", "launcher", "paths", "hparams_search")
@@ -126,7 +126,16 @@ def missing_keys(node, prefix: str = "") -> list[str]:
     return sorted(found)
 
 
-def check_against_data(cfg: DictConfig, n_train: int) -> None:
+def check_against_data(cfg: DictConfig, datamodule) -> None:
+    n_train = datamodule.n_train
+    if cfg.objective == "mdn" and "DeepGMM" in str(cfg.model.get("_target_", "")):
+        if not getattr(datamodule, "has_targets", False):
+            raise ConfigError(f"objective=mdn needs data with targets y; data={type(datamodule).__name__} has none; "
+                              "allowed: data=regression, or data=array with data.targets=[...]")
+        wanted, got = cfg.model.get("target_dim"), datamodule.target_dim
+        if wanted is not None and wanted != got:
+            raise ConfigError(f"model.target_dim={wanted} does not match the data's {got} target "
+                              f"dimension(s); allowed: {got} or null")
     if cfg.k > n_train:
         raise ConfigError(f"k={cfg.k} is larger than the number of training samples "
                           f"({n_train}); allowed: 1..{n_train}")

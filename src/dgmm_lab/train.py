@@ -31,9 +31,10 @@ def build(cfg: DictConfig):
     """Data module (set up) and model, as the config describes them; shared with evaluate."""
     datamodule = instantiate(cfg.data)
     datamodule.setup()
-    check_against_data(cfg, datamodule.n_train)
+    check_against_data(cfg, datamodule)
     backbone = instantiate(cfg.backbone, input_shape=datamodule.input_shape)
-    model = instantiate(cfg.model, backbone=backbone)
+    extra = {"target_dim": datamodule.target_dim} if cfg.get("objective") == "mdn" and "DeepGMM" in cfg.model._target_ else {}
+    model = instantiate(cfg.model, backbone=backbone, **extra)
     return datamodule, model
 
 

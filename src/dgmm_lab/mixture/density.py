@@ -273,3 +273,26 @@ def precision_cholesky_from_precision(precisions: Tensor, covariance_type: str) 
         return precisions.sqrt()
     flipped = precisions.flip(-1, -2)
     return torch.linalg.cholesky(flipped).flip(-1, -2)
+
+
+# --------------------------------------------------------------------------- per-sample mixtures
+
+
+def batched_component_log_prob(x: Tensor, means: Tensor, prec_chol: Tensor, covariance_type: str) -> Tensor:
+    """Each sample with its own mixture (a mixture density network's output):
+    x (N, D), means (N, K, D), precision factors full (N, K, D, D), tied (N, D, D),
+    diag (N, K, D), spherical (N, K)  ->  log N(x_n | mu_nk, Sigma_nk) as (N, K)."""
+    dim = x.shape[-1]
+    diff = x.unsqueeze(1) - means
+    if covariance_type == "full":
+        y = (diff.unsqueeze(-2) @ prec_chol).squeeze(-2)
+    elif covariance_type == "tied":
+        y = diff @ prec_chol
+    elif covariance_type == "diag":
+        y = diff * prec_chol
+    else:
+        y = diff * prec_chol.unsqueeze(-1)
+    log_det = log_det_precision_cholesky(prec_chol, covariance_type, dim)
+    if covariance_type == "tied":
+        log_det = log_det.unsqueeze(-1)
+    return -0.5 * (dim * math.log(2 * math.pi) + y.pow(2).sum(-1)) + log_det

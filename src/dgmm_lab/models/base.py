@@ -28,8 +28,8 @@ class MixtureModule(pl.LightningModule):
         self.exact_metrics: dict[str, float] = {}
 
     # ---- what every mixture model offers (the pictures callback and evaluate use these)
-    def evaluate_batch(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(log p(x) (N,), cluster (N,))"""
+    def evaluate_batch(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(log p(x) (N,), cluster (N,)); conditional models score the targets y."""
         raise NotImplementedError
 
     def display_mixture(self):
@@ -93,7 +93,7 @@ class MixtureModule(pl.LightningModule):
     @torch.no_grad()
     def _eval_step(self, batch) -> None:
         x, y = batch
-        log_p, cluster = self.evaluate_batch(x)
+        log_p, cluster = self.evaluate_batch(x, y)
         self._eval_outputs.append((log_p.double(), cluster, y))
 
     def _eval_epoch_end(self, stage: str) -> None:
@@ -108,7 +108,7 @@ class MixtureModule(pl.LightningModule):
         if getattr(datamodule, "anomaly_protocol", False) and stage == "test":
             scores = anomaly_metrics(y.cpu().numpy(), (-log_p).cpu().numpy(), datamodule.contamination)
             metrics.update({f"{stage}/{name}": value for name, value in scores.items()})
-        elif y.numel() and int(y.min()) >= 0:
+        elif not y.is_floating_point() and y.numel() and int(y.min()) >= 0:
             for name, value in clustering_metrics(y.cpu().numpy(), cluster.cpu().numpy()).items():
                 metrics[f"{stage}/{name}"] = value
         metrics.update(self.extra_eval_metrics(stage, log_p))

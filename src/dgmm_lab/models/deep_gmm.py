@@ -31,14 +31,15 @@ class DeepGMM(MixtureModule):
                  lr_schedule: str = "cosine", min_scale: float = 1e-3,
                  lambda_energy: float = 0.1, lambda_cov: float = 0.005,
                  likelihood: str = "bernoulli", decoder_std: float = 1.0, pretrain_epochs: int = 0, pretrain_lr: float = 1e-3,
-                 pretrain_cache_dir: str | None = None, n_init: int = 1,
+                 pretrain_cache_dir: str | None = None, n_init: int = 1, target_dim: int | None = None,
                  init_max_samples: int = 20000, seed: int = 0):
         super().__init__()
         self.save_hyperparameters(ignore=["backbone"], logger=False)
         self.objective = OBJECTIVES[objective](
             backbone, n_components, covariance_type, min_scale=min_scale,
             lambda_energy=lambda_energy, lambda_cov=lambda_cov, likelihood=likelihood,
-            decoder_std=decoder_std)
+            decoder_std=decoder_std, target_dim=target_dim)
+        self.conditional = getattr(self.objective, "conditional", False)
         self.register_buffer("initialized", torch.tensor(False))
 
     @property
@@ -117,8 +118,8 @@ class DeepGMM(MixtureModule):
             self.objective.on_train_epoch_start()
 
     def training_step(self, batch, batch_idx):
-        x, _ = batch
-        loss, parts = self.objective.loss(x, reduce=all_reduce_with_grad)
+        x, y = batch
+        loss, parts = self.objective.loss(x, reduce=all_reduce_with_grad, target=y if self.conditional else None)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"non-finite loss {float(loss)} at epoch {self.current_epoch}, step "
@@ -130,6 +131,8 @@ class DeepGMM(MixtureModule):
         return loss
 
     def on_train_epoch_end(self) -> None:
+        if self.conditional:
+            return  # one mixture per input: nothing global to monitor
         with torch.no_grad():
             mixture = self.objective.mixture()
             weights = mixture.weights.double()
@@ -147,8 +150,15 @@ class DeepGMM(MixtureModule):
         return self.objective.cluster(x)
 
     @torch.no_grad()
-    def evaluate_batch(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def evaluate_batch(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if self.conditional:
+            return self.objective.log_prob(x, y), self.objective.cluster(x)
         return self.objective.log_prob(x), self.objective.cluster(x)
+
+    def extra_eval_metrics(self, stage: str, log_p: Tensor) -> dict[str, float]:
+        if self.conditional:
+            return {f"{stage}/nll_per_dim": float(-log_p.mean()) / self.hparams.target_dim}
+        return {}
 
     @torch.no_grad()
     def predict_proba(self, x: Tensor) -> Tensor:

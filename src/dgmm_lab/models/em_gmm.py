@@ -173,7 +173,7 @@ class EMGMM(MixtureModule):
         return self.mixture.log_prob(self.backbone(x).double())
 
     @torch.no_grad()
-    def evaluate_batch(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def evaluate_batch(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
         log_norm, log_resp = self.mixture.log_responsibilities(self.backbone(x).double())
         return log_norm, log_resp.argmax(-1)
 

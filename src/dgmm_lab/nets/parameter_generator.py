@@ -167,3 +167,39 @@ def inverse_covariance_penalty(mixture: MixtureDensity) -> Tensor:
         cov = torch.diagonal(cov, dim1=-2, dim2=-1)
     return cov.reciprocal().sum()
 
+
+
+class ConditionalParameters(nn.Module):
+    """A mixture density network's head: features h(x) -> a mixture over a *different*
+    variable y (Bishop 1994).  Per-sample parameters are principled here because they never
+    score the input they were computed from.  Scales: softplus plus ``min_scale``; full and
+    tied covariances through a Cholesky factor L (the precision factor is L^{-T})."""
+
+    def __init__(self, in_dim: int, n_components: int, target_dim: int, covariance_type: str,
+                 min_scale: float = 1e-3):
+        super().__init__()
+        self.k, self.d, self.covariance_type, self.min_scale = n_components, target_dim, covariance_type, min_scale
+        k, d = n_components, target_dim
+        n_scale = {"full": k * d, "tied": d, "diag": k * d, "spherical": k}[covariance_type]
+        n_off = {"full": k * d * (d - 1) // 2, "tied": d * (d - 1) // 2}.get(covariance_type, 0)
+        self.sizes = [k, k * d, n_scale, n_off]
+        self.head = nn.Linear(in_dim, sum(self.sizes))
+
+    def forward(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """-> log weights (N, K), means (N, K, D), precision factors (per covariance type)."""
+        n, k, d = h.shape[0], self.k, self.d
+        logits, means, raw_scale, off = torch.split(self.head(h), self.sizes, dim=-1)
+        scale = F.softplus(raw_scale) + self.min_scale
+        means = means.view(n, k, d)
+        if self.covariance_type == "diag":
+            return torch.log_softmax(logits, -1), means, 1.0 / scale.view(n, k, d)
+        if self.covariance_type == "spherical":
+            return torch.log_softmax(logits, -1), means, 1.0 / scale
+        shape = (n, k, d) if self.covariance_type == "full" else (n, d)
+        rows, cols = torch.tril_indices(d, d, -1)
+        lower = h.new_zeros(*shape, d)
+        lower[..., rows, cols] = off.view(*shape[:-1], -1)
+        chol = lower + torch.diag_embed(scale.view(shape))
+        eye = _eye_like(d, chol).expand_as(chol)
+        prec_chol = torch.linalg.solve_triangular(chol, eye, upper=False).transpose(-1, -2)
+        return torch.log_softmax(logits, -1), means, prec_chol

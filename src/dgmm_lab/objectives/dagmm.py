@@ -39,7 +39,7 @@ class DAGMMObjective(nn.Module):
         cosine = F.cosine_similarity(flat, flat_hat, dim=1, eps=EPS)
         return torch.cat([code, relative_error.unsqueeze(1), cosine.unsqueeze(1)], 1), x_hat
 
-    def loss(self, x: Tensor, reduce=None) -> tuple[Tensor, dict[str, Tensor]]:
+    def loss(self, x: Tensor, reduce=None, target=None) -> tuple[Tensor, dict[str, Tensor]]:
         z, x_hat = self.features(x)
         gamma = self.parameter_generator.memberships(z)
         mixture = self.parameter_generator(z, gamma, reduce)

@@ -33,7 +33,7 @@ class NLLObjective(nn.Module):
     def mixture(self) -> MixtureDensity:
         return self.parameter_generator()
 
-    def loss(self, x: Tensor, reduce=None) -> tuple[Tensor, dict[str, Tensor]]:
+    def loss(self, x: Tensor, reduce=None, target=None) -> tuple[Tensor, dict[str, Tensor]]:
         nll = -self.log_prob(x).mean()
         return nll, {"nll": nll}
 

@@ -69,7 +69,7 @@ class VaDEObjective(nn.Module):
         nelbo = reconstruction - prior - entropy
         return nelbo, {"reconstruction": reconstruction.mean(), "kl": (-prior - entropy).mean()}
 
-    def loss(self, x: Tensor, reduce=None) -> tuple[Tensor, dict[str, Tensor]]:
+    def loss(self, x: Tensor, reduce=None, target=None) -> tuple[Tensor, dict[str, Tensor]]:
         nelbo, logs = self.negative_elbo(x, sample=True)
         return nelbo.mean(), {"nelbo": nelbo.mean(), **logs}
 

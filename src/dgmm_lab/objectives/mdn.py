@@ -1,0 +1,82 @@
+"""Mixture density network (Bishop 1994): the feature extractor reads x, the parameter
+generator produces a Gaussian mixture over the target y, the density core scores y.
+Loss = mean conditional negative log-likelihood -log p(y | x), a log-sum-exp."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..mixture.density import batched_component_log_prob
+from ..nets.feature_extractor import FeatureExtractor
+from ..nets.parameter_generator import ConditionalParameters
+
+
+class MDNObjective(nn.Module):
+    conditional = True
+
+    def __init__(self, backbone: FeatureExtractor, n_components: int, covariance_type: str,
+                 target_dim: int = 1, min_scale: float = 1e-3, **_):
+        super().__init__()
+        self.backbone, self.covariance_type = backbone, covariance_type
+        self.parameter_generator = ConditionalParameters(backbone.out_dim, n_components, target_dim,
+                                                         covariance_type, min_scale)
+
+    def conditional_mixture(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return self.parameter_generator(self.backbone(x))
+
+    def log_prob(self, x: Tensor, target: Tensor) -> Tensor:
+        """log p(y | x) per sample (N,)."""
+        log_w, means, prec_chol = self.conditional_mixture(x)
+        comp = batched_component_log_prob(target.to(means.dtype), means, prec_chol, self.covariance_type)
+        return torch.logsumexp(log_w + comp, -1)
+
+    def loss(self, x: Tensor, reduce=None, target: Tensor | None = None):
+        if target is None:
+            raise ValueError("objective=mdn needs (x, y) batches with float targets y")
+        nll = -self.log_prob(x, target).mean()
+        return nll, {"nll": nll}
+
+    def cluster(self, x: Tensor) -> Tensor:
+        """The most probable component for each input."""
+        return self.conditional_mixture(x)[0].argmax(-1)
+
+    @torch.no_grad()
+    def sample(self, x: Tensor, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """n draws of y for each x: (N, n, D)."""
+        log_w, means, prec_chol = self.conditional_mixture(x)
+        comps = torch.multinomial(log_w.exp(), n, replacement=True, generator=generator)  # (N, n)
+        d = means.shape[-1]
+        mu = torch.gather(means, 1, comps.unsqueeze(-1).expand(-1, -1, d))
+        eps = torch.randn(mu.shape, dtype=mu.dtype, device=mu.device, generator=generator)
+        if self.covariance_type == "diag":
+            return mu + eps / torch.gather(prec_chol, 1, comps.unsqueeze(-1).expand(-1, -1, d))
+        if self.covariance_type == "spherical":
+            return mu + eps / torch.gather(prec_chol, 1, comps).unsqueeze(-1)
+        # y - mu = eps P^{-1}: a triangular solve with the precision factor, no inversion
+        if self.covariance_type == "full":
+            factor = torch.gather(prec_chol, 1, comps[..., None, None].expand(-1, -1, d, d))
+        else:
+            factor = prec_chol.unsqueeze(1).expand(-1, n, d, d)
+        offset = torch.linalg.solve_triangular(factor.transpose(-1, -2), eps.unsqueeze(-1), upper=False)
+        return mu + offset.squeeze(-1)
+
+    @torch.no_grad()
+    def conditional_mean(self, x: Tensor) -> Tensor:
+        log_w, means, _ = self.conditional_mixture(x)
+        return (log_w.exp().unsqueeze(-1) * means).sum(1)
+
+    @torch.no_grad()
+    def mode(self, x: Tensor) -> Tensor:
+        """The mean of the most probable component (an approximation of the mode)."""
+        log_w, means, _ = self.conditional_mixture(x)
+        return means[torch.arange(len(x)), log_w.argmax(-1)]
+
+    def embed(self, x: Tensor) -> Tensor:
+        return self.backbone(x)
+
+    def decode(self, z: Tensor) -> None:
+        return None
+
+    def initialize(self, *_, **__) -> None:
+        pass
