@@ -77,3 +77,14 @@ def test_anomaly_protocol_end_to_end(tmp_path):
     m = train_in_process(["data=array", f"data.path={tmp_path / 'kdd.npz'}", "data.normal_label=0",
                           "k=1", *FAST], tmp_path / "run")
     assert m["test/auroc"] > 0.99 and m["test/f1"] > 0.9
+
+
+def test_csv_targets_for_mdn(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, size=(600, 1))
+    y = np.c_[np.sin(3 * x[:, 0]), x[:, 0] ** 2] + 0.05 * rng.normal(size=(600, 2))
+    path = tmp_path / "xy.csv"
+    np.savetxt(path, np.c_[x, y], delimiter=",", header="x,y1,y2", comments="")
+    m = train_in_process(["model=deep_gmm", "objective=mdn", "backbone=mlp", "data=array", f"data.path={path}",
+                          "data.targets=[y1,y2]", "k=2", "covariance=full", *FAST], tmp_path / "run")
+    assert np.isfinite(m["test/nll"]) and m["test/nll_per_dim"] == pytest.approx(m["test/nll"] / 2)

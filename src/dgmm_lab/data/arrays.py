@@ -24,7 +24,7 @@ FORMATS = (".npy", ".npz", ".csv", ".mat")
 class ArrayDataModule(TensorDataModule):
     def __init__(self, path: str, features: str | list[str] | None = None, label: str | None = None,
                  scaling: str = "standardize", normal_label: int | None = None,
-                 contamination: float | None = None, **kwargs):
+                 contamination: float | None = None, targets: str | list[str] | None = None, **kwargs):
         super().__init__(**kwargs)
         if scaling not in SCALINGS:
             raise ValueError(f"data.scaling={scaling!r} is not one of {', '.join(SCALINGS)}")
@@ -32,6 +32,16 @@ class ArrayDataModule(TensorDataModule):
         self.scaling, self.normal_label = scaling, normal_label
         # fraction of test energies flagged as anomalies (None: the true anomaly rate)
         self.contamination = contamination
+        # regression targets y for objective=mdn: an npz/mat key or csv columns
+        self.targets = targets
+
+    @property
+    def has_targets(self) -> bool:
+        return self.targets is not None
+
+    @property
+    def target_dim(self) -> int:
+        return self.tensors("train")[1].shape[1]
 
     @property
     def anomaly_protocol(self) -> bool:
@@ -53,6 +63,11 @@ class ArrayDataModule(TensorDataModule):
             rows, cols = np.nonzero(bad)
             raise ValueError(f"{self.path.name}: {bad.sum()} NaN/inf values, first at rows "
                              f"{rows[:5].tolist()} columns {cols[:5].tolist()}; clean or impute them first")
+        if self.has_targets:
+            y = np.asarray(y, dtype=np.float64).reshape(len(x), -1)
+            if not np.isfinite(y).all():
+                raise ValueError(f"{self.path.name}: {(~np.isfinite(y)).sum()} NaN/inf target values")
+            return torch.as_tensor(x), torch.as_tensor(y)
         labels = np.full(len(x), -1) if y is None else np.asarray(y).reshape(-1).astype(np.int64)
         return torch.as_tensor(x), torch.as_tensor(labels)
 
@@ -69,8 +84,8 @@ class ArrayDataModule(TensorDataModule):
         else:
             arrays = dict(np.load(self.path))
         feature_key = self.features or ("X" if "X" in arrays else "x" if "x" in arrays else None)
-        label_key = self.label or ("y" if "y" in arrays and self.features is None else None)
-        for role, key in (("features", feature_key), ("label", label_key)):
+        label_key = self.targets or self.label or ("y" if "y" in arrays and self.features is None else None)
+        for role, key in (("features", feature_key), ("targets" if self.targets else "label", label_key)):
             if key is not None and key not in arrays:
                 raise KeyError(f"data.{role}={key!r} is not a key of {self.path.name}; keys: {', '.join(sorted(arrays))}")
         if feature_key is None:
@@ -81,9 +96,10 @@ class ArrayDataModule(TensorDataModule):
         with open(self.path, newline="") as f:
             rows = list(csv.reader(f))
         header, body = rows[0], rows[1:]
-        wanted = self.features or [c for c in header if c != self.label]
+        target_cols = [self.targets] if isinstance(self.targets, str) else list(self.targets or [])
+        wanted = self.features or [c for c in header if c != self.label and c not in target_cols]
         wanted = [wanted] if isinstance(wanted, str) else list(wanted)
-        for col in [*wanted, *([self.label] if self.label else [])]:
+        for col in [*wanted, *([self.label] if self.label else []), *target_cols]:
             if col not in header:
                 raise KeyError(f"column {col!r} is not in {self.path.name}; columns: {', '.join(header)}")
         index = [header.index(c) for c in wanted]
@@ -93,6 +109,8 @@ class ArrayDataModule(TensorDataModule):
             bad = next(c for c, i in zip(wanted, index) if not all(_is_float(r[i]) for r in body))
             raise ValueError(f"column {bad!r} of {self.path.name} is not numeric; drop it with "
                              "data.features=[...] or encode it first") from None
+        if target_cols:
+            return x, [[float(r[header.index(c)]) for c in target_cols] for r in body]
         y = None if self.label is None else [float(r[header.index(self.label)]) for r in body]
         return x, y
 
