@@ -52,8 +52,8 @@ def scatter_with_ellipses(x: Tensor, labels: Tensor | None, mixture: MixtureDens
     """2-D data coloured by label, each component's mean and 2-sigma ellipse on top."""
     fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
     pts = x.detach().cpu().numpy()
-    ax.scatter(pts[:, 0], pts[:, 1], s=3, c=None if labels is None else labels.cpu().numpy(),
-               cmap="tab10", alpha=0.5)
+    colours = {} if labels is None else {"c": labels.cpu().numpy(), "cmap": "tab10"}
+    ax.scatter(pts[:, 0], pts[:, 1], s=3, alpha=0.5, **colours)
     components = [] if mixture is None else zip(
         mixture.means.detach().double().cpu().numpy(), dense_covariances(mixture),
         mixture.weights.detach().double().cpu().numpy())

@@ -26,6 +26,21 @@ class MixtureModule(pl.LightningModule):
         # the latest value of every metric in full float64 precision (Lightning's logged
         # copies are float32); train.py writes these into metrics.json
         self.exact_metrics: dict[str, float] = {}
+        # set once start values exist; a run resumed from a checkpoint skips initialisation
+        self.register_buffer("initialized", torch.tensor(False))
+
+    def on_fit_start(self) -> None:
+        if bool(self.initialized):
+            return
+        x = self._init_sample()
+        if self.backbone.needs_fit:
+            self.backbone.fit(x)
+        self.initialize(x, torch.Generator(device=self.device).manual_seed(self.hparams.seed))
+        self.initialized.fill_(True)
+
+    def initialize(self, x: Tensor, generator: torch.Generator) -> None:
+        """Start values from a training subsample x (raw inputs)."""
+        raise NotImplementedError
 
     # ---- what every mixture model offers (the pictures callback and evaluate use these)
     def evaluate_batch(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -64,6 +79,14 @@ class MixtureModule(pl.LightningModule):
             record = {"global_rank": self.global_rank, "world_size": self.trainer.world_size,
                       "hparams": {k: v for k, v in self.hparams.items() if isinstance(v, (int, float, str, bool))}}
             (root / "ranks" / f"rank{self.global_rank}.json").write_text(json.dumps(record, indent=1))
+
+    def _init_sample(self) -> Tensor:
+        """Start values are fitted on this seeded subsample of the training split (at most
+        ``hparams.init_max_samples``): the same on every rank, without communication."""
+        x, _ = self.trainer.datamodule.tensors("train")
+        n = min(x.shape[0], self.hparams.init_max_samples)
+        idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(self.hparams.seed))[:n]
+        return x[idx].to(self.device)
 
     # ---- a resumed run continues the random stream of the uninterrupted one
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -40,30 +40,16 @@ class DeepGMM(MixtureModule):
             lambda_energy=lambda_energy, lambda_cov=lambda_cov, likelihood=likelihood,
             decoder_std=decoder_std, target_dim=target_dim)
         self.conditional = getattr(self.objective, "conditional", False)
-        self.register_buffer("initialized", torch.tensor(False))
 
     @property
     def backbone(self) -> FeatureExtractor:
         return self.objective.backbone
 
     # ------------------------------------------------------------------ start values
-    def on_fit_start(self) -> None:
-        if bool(self.initialized):
-            return  # resumed from a checkpoint
-        x = self._init_sample()
-        if self.backbone.needs_fit:
-            self.backbone.fit(x)
+    def initialize(self, x: Tensor, generator: torch.Generator) -> None:
         if self.hparams.pretrain_epochs > 0 and hasattr(self.objective, "pretrain_loss"):
             self._pretrain()
-        g = torch.Generator(device=self.device).manual_seed(self.hparams.seed)
-        self.objective.initialize(x, g, n_init=self.hparams.n_init)
-        self.initialized.fill_(True)
-
-    def _init_sample(self) -> Tensor:
-        x, _ = self.trainer.datamodule.tensors("train")
-        n = min(x.shape[0], self.hparams.init_max_samples)
-        idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(self.hparams.seed))[:n]
-        return x[idx].to(self.device)
+        self.objective.initialize(x, generator, n_init=self.hparams.n_init)
 
     def _pretrain_cache(self) -> Path | None:
         if not self.hparams.pretrain_cache_dir:
@@ -122,8 +108,8 @@ class DeepGMM(MixtureModule):
         loss, parts = self.objective.loss(x, reduce=all_reduce_with_grad, target=y if self.conditional else None)
         if not torch.isfinite(loss):
             raise FloatingPointError(
-                f"non-finite loss {float(loss)} at epoch {self.current_epoch}, step "
-                f"{self.global_step} (parts: { {k: float(v) for k, v in parts.items()} }); "
+                f"non-finite loss {loss.item()} at epoch {self.current_epoch}, step "
+                f"{self.global_step} (parts: { {k: v.item() for k, v in parts.items()} }); "
                 "training stopped before anything was saved: lower model.lr, raise "
                 "model.min_scale or set trainer.gradient_clip_val")
         self.log("train/loss", loss, prog_bar=True)

@@ -43,7 +43,6 @@ class EMGMM(MixtureModule):
         self.register_buffer("shift", torch.zeros(d, dtype=torch.float64))
         self.register_buffer("lower_bound", torch.tensor(-math.inf, dtype=torch.float64))
         self.register_buffer("n_iter", torch.tensor(0))
-        self.register_buffer("initialized", torch.tensor(False))
         self.compute_dtype = getattr(torch, compute_dtype)
 
     @property
@@ -68,29 +67,15 @@ class EMGMM(MixtureModule):
         if datamodule is not None and hasattr(datamodule, "exact_train_shards"):
             datamodule.exact_train_shards = True
 
-    def on_fit_start(self) -> None:
-        if bool(self.initialized):
-            return  # resumed from a checkpoint
-        x = self._init_sample()
-        if self.backbone.needs_fit:
-            self.backbone.fit(x)
+    def initialize(self, x: Tensor, generator: torch.Generator) -> None:
         z = self.backbone(x).double()
         self.shift.copy_(z.mean(0))
         best = None
-        g = torch.Generator(device=z.device).manual_seed(self.hparams.seed)
         for _ in range(self.hparams.n_init):
-            result = self._initial_em(z, g)
+            result = self._initial_em(z, generator)
             if best is None or result[0] > best[0]:
                 best = result
         self._set_mixture(*best[1:])
-        self.initialized.fill_(True)
-
-    def _init_sample(self) -> Tensor:
-        """The same seeded subsample of the training split on every rank (no communication)."""
-        x, _ = self.trainer.datamodule.tensors("train")
-        n = min(x.shape[0], self.hparams.init_max_samples)
-        idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(self.hparams.seed))[:n]
-        return x[idx].to(self.device)
 
     def _initial_em(self, z: Tensor, g: torch.Generator):
         """One initialisation, refined by a few EM steps on the subsample; the restart with
