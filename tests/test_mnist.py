@@ -53,3 +53,11 @@ def test_vade_clusters_mnist_well_above_chance(mnist_dir, tmp_path):
                           "model.pretrain_epochs=10", "trainer.max_epochs=10",
                           f"paths.cache_dir={tmp_path}", "trainer.enable_progress_bar=false"], tmp_path)
     assert m["test/acc"] > 0.45
+
+
+def test_flow_reports_bits_per_dim_on_dequantised_pixels(mnist_dir, tmp_path):
+    m = train_in_process(["model=deep_gmm", "data=mnist", "backbone=flow", "objective=nll", "backbone.dequantize=true",
+                          "backbone.n_layers=2", "data.limit_train=512", "data.limit_test=256", "k=2",
+                          "covariance=diag", "trainer.max_epochs=1", "logger=csv", *FAST], tmp_path)
+    # bits/dim of a valid density of 8-bit pixels lies between 0 and 8
+    assert 0 < m["test/bits_per_dim"] < 8

@@ -37,7 +37,8 @@ def test_run_writes_config_metrics_checkpoints_and_events(model, tmp_path):
 def test_same_seed_same_numbers(tmp_path):
     a = train_in_process(["model=deep_gmm", *FAST, "seed=3"], tmp_path / "a")
     b = train_in_process(["model=deep_gmm", *FAST, "seed=3"], tmp_path / "b")
-    assert a == b
+    timing = {k for k in a if "seconds" in k}  # wall-clock time differs by nature
+    assert timing and {k: v for k, v in a.items() if k not in timing} == {k: v for k, v in b.items() if k not in timing}
 
 
 def test_multirun_sweep_makes_readable_job_directories(tmp_path):

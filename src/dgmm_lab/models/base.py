@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -143,4 +144,17 @@ class MixtureModule(pl.LightningModule):
         self.log_dict(metrics, on_step=False, on_epoch=True, sync_dist=False)
 
     def extra_eval_metrics(self, stage: str, log_p: Tensor) -> dict[str, float]:
-        return {}
+        """Bits per dimension where the model is a density of image pixels: the discrete
+        probability of a pixel bin is about p(x) * width^D, so bits/dim =
+        (nll - D log width) / (D log 2), comparable between models scored on the same pixels."""
+        datamodule = self.trainer.datamodule
+        width = self.pixel_bin_width(datamodule)
+        if width is None or getattr(datamodule, "image_shape", None) is None:
+            return {}
+        dim = math.prod(datamodule.image_shape)
+        return {f"{stage}/bits_per_dim": (float(-log_p.mean()) - dim * math.log(width)) / (dim * math.log(2))}
+
+    def pixel_bin_width(self, datamodule) -> float | None:
+        """Width of one grey level in the space the density lives in; None when the density
+        is not one of the input pixels (features, ELBOs, energies)."""
+        return None

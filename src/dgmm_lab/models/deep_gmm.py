@@ -10,6 +10,7 @@ codes, cached), NaN guards and the collapse monitor.
 from __future__ import annotations
 
 import hashlib
+import time
 import logging
 from pathlib import Path
 
@@ -100,6 +101,7 @@ class DeepGMM(MixtureModule):
         return {"optimizer": opt, "lr_scheduler": sched}
 
     def on_train_epoch_start(self) -> None:
+        self._epoch_start = time.perf_counter()
         if hasattr(self.objective, "on_train_epoch_start"):
             self.objective.on_train_epoch_start()
 
@@ -117,6 +119,8 @@ class DeepGMM(MixtureModule):
         return loss
 
     def on_train_epoch_end(self) -> None:
+        self.log_dict({"train/lr": self.optimizers().param_groups[0]["lr"],
+                       "train/seconds_per_epoch": time.perf_counter() - self._epoch_start})
         if self.conditional:
             return  # one mixture per input: nothing global to monitor
         with torch.no_grad():
@@ -144,7 +148,15 @@ class DeepGMM(MixtureModule):
     def extra_eval_metrics(self, stage: str, log_p: Tensor) -> dict[str, float]:
         if self.conditional:
             return {f"{stage}/nll_per_dim": float(-log_p.mean()) / self.hparams.target_dim}
-        return {}
+        return super().extra_eval_metrics(stage, log_p)
+
+    def pixel_bin_width(self, datamodule) -> float | None:
+        if self.hparams.objective != "nll":
+            return None
+        # only a density of dequantised pixels has meaningful bits/dim: a continuous density
+        # fitted to raw grey levels can put unbounded mass on constant background pixels
+        dequantize = getattr(self.backbone, "dequantize", None)
+        return None if dequantize is None else 1.0 / dequantize.levels
 
     @torch.no_grad()
     def predict_proba(self, x: Tensor) -> Tensor:
