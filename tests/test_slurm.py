@@ -80,3 +80,25 @@ def test_cancelled_job_is_reported_as_failed(tmp_path):
         proc.kill()
     assert proc.returncode != 0
     assert "CANCELLED" in output or "UncompletedJobError" in output, output[-3000:]
+
+
+def test_usr2_checkpoints_requeues_and_resumes(tmp_path):
+    """submitit's preemption path: USR2 -> requeue -> the rerun resumes from last.ckpt."""
+    cmd = [sys.executable, "-m", "dgmm_lab.train", "k=4", "data.n_samples=400000", "model.tol=0",
+           "trainer.max_epochs=12", "trainer.enable_progress_bar=false",
+           *SLURM, f"hydra.sweep.dir={tmp_path}", "hydra.sweep.subdir=job", "-m"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    last = tmp_path / "job" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 180
+    while time.time() < deadline and not last.exists():
+        time.sleep(0.5)
+    assert last.exists(), "no checkpoint before the deadline"
+    job_id = next(tmp_path.glob(".submitit/*/*_submitted.pkl")).name.split("_")[0]
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, output[-3000:]
+    logs = "".join(p.read_text() for p in tmp_path.glob(".submitit/*/*_log.*"))
+    assert "requeue" in logs.lower(), logs[-3000:]
+    assert (tmp_path / "job" / "metrics.json").exists()
+    train_log = (tmp_path / "job" / "train.log").read_text()
+    assert "resuming from" in train_log

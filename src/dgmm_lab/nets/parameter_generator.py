@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..mixture.density import MixtureDensity, precision_cholesky_from_covariance
+from ..mixture.density import MixtureDensity
+from ..mixture.em import stable_precision_cholesky
 
 
 def _inverse_softplus(y: Tensor) -> Tensor:
@@ -119,7 +120,9 @@ class AmortizedParameters(nn.Module):
             cov = torch.diagonal(cov, dim1=-2, dim2=-1)
         elif self.covariance_type == "spherical":
             cov = torch.diagonal(cov, dim1=-2, dim2=-1).mean(-1)
-        prec_chol = precision_cholesky_from_covariance(cov, self.covariance_type)
+        # a membership collapsing onto a few codes can leave a covariance singular even
+        # with eps: retry with growing jitter (logged) instead of ending the run
+        _, prec_chol = stable_precision_cholesky(cov, self.covariance_type, self.eps)
         return MixtureDensity((s0 / n).log().to(dtype), means.to(dtype), prec_chol.to(dtype),
                               self.covariance_type)
 
