@@ -9,7 +9,8 @@ from conftest import run_cli
 pytestmark = pytest.mark.ddp
 
 # 3001 samples: an odd training split, so a padding sampler would be caught
-COMMON = ["debug=fast", "data.n_samples=3001", "k=3", "trainer.max_epochs=4", "model.tol=0"]
+COMMON = ["debug=fast", "k=3"]
+EM = ["data.n_samples=3001", "trainer.max_epochs=4", "model.tol=0"]
 
 
 def train(tmp_path, name, extra):
@@ -21,8 +22,8 @@ def train(tmp_path, name, extra):
 
 @pytest.mark.parametrize("covariance", ["full", "diag"])
 def test_em_two_processes_equal_one(covariance, tmp_path):
-    one = train(tmp_path, "one", [f"covariance={covariance}"])
-    two = train(tmp_path, "two", [f"covariance={covariance}", "trainer=ddp",
+    one = train(tmp_path, "one", [*EM, f"covariance={covariance}"])
+    two = train(tmp_path, "two", [*EM, f"covariance={covariance}", "trainer=ddp",
                                   "trainer.accelerator=cpu", "trainer.devices=2"])
     for key in ("train/log_likelihood", "val/nll", "test/nll", "train/bic"):
         assert two[key] == pytest.approx(one[key], rel=1e-9, abs=1e-9), key
@@ -47,3 +48,17 @@ def test_popen_ddp_in_a_local_sweep_is_refused(tmp_path):
                       f"hydra.sweep.dir={tmp_path}", "-m"])
     assert "use trainer=ddp_spawn there" in result.stderr
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_deep_gmm_two_processes_equal_one_with_the_same_global_batch(tmp_path):
+    # rank r takes every 2nd index of the same seed+epoch permutation, so two ranks with
+    # batch 128 see exactly the samples of one process with batch 256; DDP averages the
+    # gradients of the two half-batch means = the gradient of the full-batch mean
+    common = ["model=deep_gmm", "objective=nll", "backbone=identity", "debug=fast", "data.n_samples=3000",
+              "trainer.max_epochs=3", "model.lr=0.01"]
+    one = train(tmp_path, "one", [*common, "data.batch_size=256"])
+    two = train(tmp_path, "two", [*common, "data.batch_size=128", "trainer=ddp", "trainer.accelerator=cpu",
+                                  "trainer.devices=2"])
+    for key in ("val/nll", "test/nll"):
+        assert two[key] == pytest.approx(one[key], rel=1e-5), key
+    assert two["test/acc"] == one["test/acc"]
