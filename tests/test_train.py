@@ -55,3 +55,16 @@ def test_multirun_sweep_makes_readable_job_directories(tmp_path):
         assert (run_dir / "checkpoints" / "last.ckpt").exists()
         assert "val/nll" in json.loads((run_dir / "metrics.json").read_text())
         read_events(run_dir)
+
+
+def test_optuna_search_runs_three_trials_into_sqlite(tmp_path):
+    import sqlite3
+
+    result = run_cli(["model=deep_gmm", "hparams_search=optuna", "hydra.sweeper.n_trials=3", "debug=fast",
+                      f"hydra.sweep.dir={tmp_path}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Best value" in result.stdout + result.stderr
+    with sqlite3.connect(tmp_path / "optuna.db") as db:
+        states = [s for (s,) in db.execute("select state from trials")]
+    assert states == ["COMPLETE"] * 3
+    assert len([p for p in tmp_path.iterdir() if (p / "metrics.json").exists()]) == 3

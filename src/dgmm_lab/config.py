@@ -28,8 +28,15 @@ def _gpus_per_node(accelerator: str, devices) -> int:
     return int(devices) if str(accelerator) in ("gpu", "cuda") and str(devices).isdigit() else 0
 
 
+def _ensure_dir(path: str) -> str:
+    Path(path).mkdir(parents=True, exist_ok=True)
+    return path
+
+
 # the Slurm launcher asks for as many GPUs per node as the trainer uses
 OmegaConf.register_new_resolver("gpus_per_node", _gpus_per_node, replace=True)
+# the Optuna sweeper opens its sqlite file before Hydra has made the sweep directory
+OmegaConf.register_new_resolver("ensure_dir", _ensure_dir, replace=True)
 
 
 def report_and_exit(err: Exception) -> None:

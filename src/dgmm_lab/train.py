@@ -118,7 +118,7 @@ def main(cfg: DictConfig) -> float | None:
         trace = traceback.format_exc()
         Path(cfg.paths.output_dir, "error.txt").write_text(trace)
         log.error("job failed (recorded in error.txt):\n%s", trace)
-        return None
+        return float("nan")  # a failed trial to Optuna; listed as failed by dgmm_lab.report
 
 
 def cli() -> None:
