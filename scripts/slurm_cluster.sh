@@ -22,7 +22,10 @@ export SLURM_CONF=$PREFIX/etc/slurm.conf
 say() { printf '[slurm_cluster %(%H:%M:%S)T] %s\n' -1 "$*"; }
 die() { say "ERROR: $*"; exit 1; }
 # a killed daemon stays a zombie until PID 1 reaps it, and kill -0 succeeds on zombies
-running() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null && ! grep -q '^[0-9]* ([^)]*) Z' "/proc/$(cat "$1")/stat" 2>/dev/null; }
+running() {  # a daemon may delete its pid file while we look
+  local pid; pid=$(cat "$1" 2>/dev/null) || return 1
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && ! grep -q '^[0-9]* ([^)]*) Z' "/proc/$pid/stat" 2>/dev/null
+}
 wait_until() {  # wait_until WHAT SECONDS COMMAND...
   local what=$1 limit=$(( $(date +%s) + $2 )); shift 2
   until "$@" >/dev/null 2>&1; do [ "$(date +%s)" -lt "$limit" ] || die "timed out waiting for $what"; sleep 0.25; done
