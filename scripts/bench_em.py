@@ -34,7 +34,6 @@ def load(name: str):
         centres = rng.normal(scale=3.0, size=(16, 32))
         labels = rng.integers(16, size=200_000)
         return centres[labels] + rng.normal(size=(200_000, 32)) * rng.uniform(0.5, 2.0, size=(16, 32))[labels]
-    import torch
 
     from dgmm_lab.data import MNISTDataModule
 

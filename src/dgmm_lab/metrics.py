@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
@@ -25,10 +23,6 @@ def clustering_metrics(labels, clusters) -> dict[str, float]:
     return {"acc": cluster_accuracy(labels, clusters),
             "nmi": float(normalized_mutual_info_score(labels, clusters)),
             "ari": float(adjusted_rand_score(labels, clusters))}
-
-
-def bits_per_dim(nll_nats: float, dim: int) -> float:
-    return nll_nats / (dim * math.log(2))
 
 
 def anomaly_metrics(is_anomaly, energy, contamination: float | None = None) -> dict[str, float]:
