@@ -57,9 +57,8 @@ class MixturePictures(pl.Callback):
         x_dev = x[:512].to(model.device)
 
         writer.add_histogram("mixture/weights", mixture.weights.detach().float().cpu(), step)
-        eig = viz.dense_covariances(mixture)
         writer.add_histogram("mixture/covariance_eigenvalues",
-                             torch.linalg.eigvalsh(torch.as_tensor(eig)).flatten().float(), step)
+                             mixture.covariance_eigenvalues().detach().flatten().float().cpu(), step)
 
         means = mixture.means.detach().float()
         decoded_means = model.decode(means)

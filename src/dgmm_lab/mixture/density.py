@@ -134,6 +134,14 @@ def covariance_from_precision_cholesky(prec_chol: Tensor, covariance_type: str) 
     return inv.transpose(-1, -2) @ inv
 
 
+def covariance_eigenvalues(covariances: Tensor, covariance_type: str) -> Tensor:
+    """Every eigenvalue of every component's covariance (the variances themselves for
+    diag/spherical): the collapse monitor's quantity."""
+    if covariance_type in ("full", "tied"):
+        return torch.linalg.eigvalsh(covariances)
+    return covariances
+
+
 def n_parameters(n_components: int, dim: int, covariance_type: str) -> int:
     """Number of free parameters (as scikit-learn counts them)."""
     cov = {
@@ -206,6 +214,9 @@ class MixtureDensity:
     @property
     def covariances(self) -> Tensor:
         return covariance_from_precision_cholesky(self.precisions_cholesky, self.covariance_type)
+
+    def covariance_eigenvalues(self) -> Tensor:
+        return covariance_eigenvalues(self.covariances, self.covariance_type)
 
     def component_log_prob(self, x: Tensor) -> Tensor:
         """(N, D) -> (N, K): log pi_k + log N(x | mu_k, Sigma_k)."""

@@ -127,8 +127,7 @@ class DeepGMM(MixtureModule):
             mixture = self.objective.mixture()
             weights = mixture.weights.double()
             entropy = -(weights * weights.clamp_min(1e-30).log()).sum()
-            cov = mixture.covariances.double()
-            eig = torch.linalg.eigvalsh(cov) if mixture.covariance_type in ("full", "tied") else cov
+            eig = mixture.covariance_eigenvalues()
         self.log_dict({"train/min_covariance_eigenvalue": float(eig.min()),
                        "train/effective_components": float(entropy.exp())})
 
@@ -137,13 +136,20 @@ class DeepGMM(MixtureModule):
         return self.objective.log_prob(x)
 
     def predict(self, x: Tensor) -> Tensor:
-        return self.objective.cluster(x)
+        return self._cluster(x)
 
     @torch.no_grad()
     def evaluate_batch(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if self.conditional:
-            return self.objective.log_prob(x, y), self.objective.cluster(x)
-        return self.objective.log_prob(x), self.objective.cluster(x)
+            return self.objective.log_prob(x, y), self._cluster(x)
+        return self.objective.log_prob(x), self._cluster(x)
+
+    def _cluster(self, x: Tensor) -> Tensor:
+        """The most probable component: of the input's own mixture for an MDN, else of the
+        features under the model's mixture."""
+        if self.conditional:
+            return self.objective.cluster(x)
+        return self.objective.mixture().predict(self.objective.embed(x))
 
     def extra_eval_metrics(self, stage: str, log_p: Tensor) -> dict[str, float]:
         if self.conditional:

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ..mixture import em
-from ..mixture.density import MixtureDensity, check_covariance_type
+from ..mixture.density import MixtureDensity, check_covariance_type, covariance_eigenvalues
 from ..nets.feature_extractor import FeatureExtractor
 from ..distributed import all_reduce_sum
 from .base import MixtureModule
@@ -128,7 +128,8 @@ class EMGMM(MixtureModule):
             "train/log_likelihood": float(lower_bound),
             "train/log_likelihood_change": change if math.isfinite(change) else 0.0,
             "train/seconds_per_iteration": time.perf_counter() - self._t0,
-            "train/min_covariance_eigenvalue": self._min_eigenvalue(result.covariances),
+            "train/min_covariance_eigenvalue": float(covariance_eigenvalues(result.covariances,
+                                                                            self.covariance_type).min()),
             "train/empty_components": float(len(result.empty_components)),
         })
         self._log_histogram("train/weights", result.weights)
@@ -141,11 +142,6 @@ class EMGMM(MixtureModule):
         progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
         progress.increment_ready()
         progress.increment_completed()
-
-    def _min_eigenvalue(self, cov: Tensor) -> float:
-        if self.covariance_type in ("full", "tied"):
-            return float(torch.linalg.eigvalsh(cov).min())
-        return float(cov.min())
 
     def _log_histogram(self, tag: str, values: Tensor) -> None:
         experiment = getattr(self.logger, "experiment", None)

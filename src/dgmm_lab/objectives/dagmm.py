@@ -56,9 +56,6 @@ class DAGMMObjective(nn.Module):
         """-energy: the log-density of the features z under the training-set mixture."""
         return self.mixture().log_prob(self.features(x)[0])
 
-    def cluster(self, x: Tensor) -> Tensor:
-        return self.mixture().predict(self.features(x)[0])
-
     def on_train_epoch_start(self) -> None:
         self.parameter_generator.reset_running()
 

@@ -41,9 +41,6 @@ class NLLObjective(nn.Module):
         z, log_det = self.features(x)
         return self.mixture().log_prob(z) + log_det
 
-    def cluster(self, x: Tensor) -> Tensor:
-        return self.mixture().predict(self.features(x)[0])
-
     @torch.no_grad()
     def initialize(self, x: Tensor, generator: torch.Generator, n_init: int = 1, **_) -> None:
         """k-means responsibilities on the features -> one M-step -> start values; the

@@ -78,9 +78,6 @@ class VaDEObjective(nn.Module):
         lower bound on log p(x) up to that single-point approximation."""
         return -self.negative_elbo(x, sample=False)[0]
 
-    def cluster(self, x: Tensor) -> Tensor:
-        return self.mixture().predict(self.encode(x)[0])
-
     # ------------------------------------------------------------------ pre-training
     def pretrain_loss(self, x: Tensor) -> Tensor:
         return self.reconstruction_nll(x, self.encode(x)[0]).mean()
