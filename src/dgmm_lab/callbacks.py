@@ -41,11 +41,15 @@ class MixturePictures(pl.Callback):
         writer = self._writer(trainer)
         if writer is None or not trainer.is_global_zero or not hasattr(pl_module, "objective"):
             return
-        x, y = trainer.datamodule.tensors("val")
-        x, y = x[: self.n_embed].to(pl_module.device), y[: self.n_embed]
+        dm = trainer.datamodule
+        x, y = dm.tensors("val")
+        # class labels where the data has them (MNIST halves keep them beside the targets)
+        labels = dm.labels("val") if hasattr(dm, "labels") else y
+        x, labels = x[: self.n_embed].to(pl_module.device), labels[: self.n_embed]
         with torch.no_grad():
             codes = pl_module.embed(x).float().cpu()
-        writer.add_embedding(codes, metadata=y.tolist(), tag="latent_codes", global_step=trainer.current_epoch)
+        metadata = labels.tolist() if labels.dim() == 1 else None
+        writer.add_embedding(codes, metadata=metadata, tag="latent_codes", global_step=trainer.current_epoch)
 
     def draw(self, writer, trainer, model, step: int) -> None:
         if getattr(model, "conditional", False):
@@ -84,10 +88,13 @@ class MixturePictures(pl.Callback):
             writer.add_figure("images/samples_2d", fig, step)
             plt.close(fig)
 
-
     def draw_conditional(self, writer, trainer, model, step: int) -> None:
-        """For 1-D x and 1-D y: the learned p(y | x) as a heat map, the data on top."""
+        """For 1-D x and 1-D y: the learned p(y | x) as a heat map, the data on top.  For
+        targets that decode to images (MNIST halves): inputs with sampled completions."""
         x, y = trainer.datamodule.tensors("val")
+        if hasattr(trainer.datamodule, "decode_target"):
+            self.draw_completions(writer, trainer.datamodule, model, x[:8], y[:8], step)
+            return
         if x.shape[1:] != (1,) or y.shape[1:] != (1,):
             return
         xs = torch.linspace(float(x.min()), float(x.max()), 150)
@@ -104,3 +111,9 @@ class MixturePictures(pl.Callback):
         fig.tight_layout()
         writer.add_figure("images/conditional_density", fig, step)
         plt.close(fig)
+
+    def draw_completions(self, writer, datamodule, model, x, y, step: int, n_draws: int = 7) -> None:
+        g = torch.Generator(device=model.device).manual_seed(step)
+        codes = model.objective.sample(x.to(model.device), n_draws, g)                   # (N, S, D)
+        grid = viz.completion_grid(x, datamodule.decode_target(y), datamodule.decode_target(codes.cpu()))
+        writer.add_image("images/completions", grid, step)

@@ -28,6 +28,21 @@ def side_by_side(inputs: Tensor, outputs: Tensor) -> Tensor:
     return image_grid(pairs, nrow=n)
 
 
+def completion_grid(top: Tensor, truth: Tensor, completions: Tensor) -> Tensor:
+    """One row per input: the true digit, then each completion (top half given, bottom half
+    generated, drawn in amber so what the model produced is visible).  top (N, 1, h, W),
+    truth (N, 1, H - h, W), completions (N, S, 1, H - h, W) in [0, 1] pixel units ->
+    (3, H', W') image."""
+    n, s = completions.shape[:2]
+    grey = lambda t: t.clamp(0, 1).expand(*t.shape[:-3], 3, *t.shape[-2:])  # noqa: E731
+    amber = torch.tensor([1.0, 0.75, 0.3]).view(3, 1, 1)
+    real = torch.cat([grey(top), grey(truth)], -2).unsqueeze(1)                     # (N, 1, 3, H, W)
+    made = torch.cat([grey(top).unsqueeze(1).expand(n, s, 3, *top.shape[-2:]),
+                      completions.clamp(0, 1) * amber], -2)                          # (N, S, 3, H, W)
+    tiles = torch.cat([real, made], 1).flatten(0, 1).detach().float().cpu()
+    return make_grid(tiles, nrow=s + 1, padding=2, pad_value=0.5)
+
+
 def ellipse_points(mean: np.ndarray, cov: np.ndarray, n_std: float = 2.0) -> np.ndarray:
     vals, vecs = np.linalg.eigh(cov)
     t = np.linspace(0, 2 * math.pi, 100)
