@@ -169,3 +169,48 @@ def test_sklearn_estimator_checks():
     failures = check_estimator(GaussianMixture(2, max_iter=20), on_fail=None)
     failed = [f for f in failures if f["status"] == "failed"]
     assert not failed, [(f["check_name"], str(f["exception"])[:200]) for f in failed]
+
+
+@pytest.mark.parametrize("cov_type, key", [("full", "precisions"), ("diag", "covariances")])
+def test_lightning_module_from_given_start_values_matches_sklearn(cov_type, key, tmp_path):
+    """model.init_from: the LightningModule, over mini-batches, from the start values of
+    a file, runs the same EM iterations as scikit-learn from the same values."""
+    from hydra.utils import instantiate
+
+    from conftest import FAST, compose_config, load_model, train_in_process
+
+    overrides = ["k=3", f"covariance={cov_type}", "data.dim=3", "model.tol=0", "model.max_iter=4",
+                 "trainer.max_epochs=4", *FAST]
+    datamodule = instantiate(compose_config(overrides, tmp_path).data)
+    x = datamodule.tensors("train")[0].double().numpy()
+    init = shared_init(x, 3, cov_type, seed=1)
+    sk_values = {"precisions": init["precisions_init"],
+                 "covariances": SkGaussianMixture(3, covariance_type=cov_type, max_iter=1, random_state=1)
+                 .fit(x).covariances_}
+    np.savez(tmp_path / "start.npz", weights=init["weights_init"], means=init["means_init"], **{key: sk_values[key]})
+    train_in_process([*overrides, f"model.init_from={tmp_path / 'start.npz'}"], tmp_path / "given")
+    _, model = load_model(tmp_path / "given")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        sk = SkGaussianMixture(3, covariance_type=cov_type, tol=0, max_iter=4, **init).fit(x)
+    np.testing.assert_allclose(model.mixture.weights.numpy(), sk.weights_, rtol=1e-6)
+    np.testing.assert_allclose(model.means.numpy(), sk.means_, rtol=1e-6)
+    np.testing.assert_allclose(model.mixture.covariances.numpy(), sk.covariances_, rtol=1e-6)
+
+
+@pytest.mark.parametrize("content, expected", [
+    ({"means": np.zeros((2, 2))}, "means has shape (2, 2); allowed: finite values of shape (3, 2)"),
+    ({"weights": np.array([0.5, 0.6, -0.1])}, "weights must be positive and sum to 1"),
+    ({"rubbish": np.zeros(3)}, "allowed: any of weights, means, and precisions or covariances"),
+    (None, "no such file"),
+])
+def test_bad_start_value_file_is_one_line(content, expected, tmp_path):
+    from conftest import FAST, run_cli
+
+    path = tmp_path / "start.npz"
+    if content is not None:
+        np.savez(path, **content)
+    result = run_cli(["k=3", f"model.init_from={path}", *FAST, f"paths.log_dir={tmp_path}"])
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("dgmm_lab: error:")]
+    assert len(lines) == 1 and expected in lines[0] and "Traceback" not in result.stderr, result.stderr[-2000:]

@@ -26,6 +26,8 @@ def load_run_config(ckpt: Path, overrides: list[str]) -> DictConfig:
         raise ConfigError(f"ckpt_path={str(ckpt)!r} has no config.yaml two levels up ({saved}); "
                           "expected RUN_DIR/checkpoints/NAME.ckpt from dgmm_lab.train")
     cfg = OmegaConf.load(saved)
+    if cfg.model.get("init_from"):
+        cfg.model.init_from = None  # the checkpoint holds the trained values; start values are moot
     for item in overrides:
         key, value = item.split("=", 1)
         if key == "data":  # a whole data group, resolved against the run's paths

@@ -17,6 +17,7 @@ import hydra
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -34,7 +35,13 @@ def build(cfg: DictConfig):
     check_against_data(cfg, datamodule)
     backbone = instantiate(cfg.backbone, input_shape=datamodule.input_shape)
     extra = {"target_dim": datamodule.target_dim} if cfg.get("objective") == "mdn" and "DeepGMM" in cfg.model._target_ else {}
-    model = instantiate(cfg.model, backbone=backbone, **extra)
+    try:
+        model = instantiate(cfg.model, backbone=backbone, **extra)
+    except InstantiationException as err:
+        # a constructor's check of a user value: report its one line, not Hydra's wrapper
+        if isinstance(err.__cause__, ConfigError):
+            raise err.__cause__ from None
+        raise
     return datamodule, model
 
 

@@ -48,36 +48,39 @@ def log_det_precision_cholesky(prec_chol: Tensor, covariance_type: str, dim: int
 # --------------------------------------------------------------------------- Mahalanobis terms
 
 
-def _sq_mahalanobis_full(x: Tensor, means: Tensor, prec_chol: Tensor) -> Tensor:
+# Each takes x (N, D) and, for diag/spherical, x_sq = x**2 if the caller has it already
+# (EM's E-step reuses it for its statistics); -> squared distances (N, K).
+
+
+def _sq_mahalanobis_full(x: Tensor, means: Tensor, prec_chol: Tensor, x_sq=None) -> Tensor:
     # (x - mu_k) P_k for all k with one GEMM: x (N, D) @ [P_1 .. P_K] (D, K*D)
+    # and mu_k P_k as the GEMM's bias: one (N, K*D) tensor, squared in place when no
+    # gradient needs it (the E-step's hot loop)
     n, d = x.shape
     k = means.shape[0]
-    xp = (x @ prec_chol.permute(1, 0, 2).reshape(d, k * d)).view(n, k, d)
-    mp = torch.einsum("kd,kde->ke", means, prec_chol)
-    return (xp - mp).pow(2).sum(-1)
+    mp = torch.einsum("kd,kde->ke", means, prec_chol).reshape(k * d)
+    y = torch.addmm(-mp, x, prec_chol.permute(1, 0, 2).reshape(d, k * d))
+    y = y.square() if y.requires_grad else y.square_()
+    return y.view(n, k, d).sum(-1)
 
 
-def _sq_mahalanobis_tied(x: Tensor, means: Tensor, prec_chol: Tensor) -> Tensor:
+def _sq_mahalanobis_tied(x: Tensor, means: Tensor, prec_chol: Tensor, x_sq=None) -> Tensor:
     xp = x @ prec_chol
     mp = means @ prec_chol
     return (xp.unsqueeze(1) - mp).pow(2).sum(-1)
 
 
-def _sq_mahalanobis_diag(x: Tensor, means: Tensor, prec_chol: Tensor) -> Tensor:
+def _sq_mahalanobis_diag(x: Tensor, means: Tensor, prec_chol: Tensor, x_sq=None) -> Tensor:
     precisions = prec_chol.pow(2)
-    return (
-        (means.pow(2) * precisions).sum(-1)
-        - 2.0 * x @ (means * precisions).T
-        + x.pow(2) @ precisions.T
-    )
+    x_sq = x.pow(2) if x_sq is None else x_sq
+    # the factor 2 goes on the (K, D) side: on the x side it would cost a pass over the data
+    return (means.pow(2) * precisions).sum(-1) - x @ (2.0 * means * precisions).T + x_sq @ precisions.T
 
 
-def _sq_mahalanobis_spherical(x: Tensor, means: Tensor, prec_chol: Tensor) -> Tensor:
+def _sq_mahalanobis_spherical(x: Tensor, means: Tensor, prec_chol: Tensor, x_sq=None) -> Tensor:
     precisions = prec_chol.pow(2)
-    sq_dist = (
-        x.pow(2).sum(-1, keepdim=True) - 2.0 * x @ means.T + means.pow(2).sum(-1)
-    )
-    return sq_dist * precisions
+    x_norm = (x.pow(2) if x_sq is None else x_sq).sum(-1, keepdim=True)
+    return (x_norm - x @ (2.0 * means).T + means.pow(2).sum(-1)) * precisions
 
 
 _SQ_MAHALANOBIS = {
@@ -89,11 +92,12 @@ _SQ_MAHALANOBIS = {
 
 
 def component_log_prob(
-    x: Tensor, means: Tensor, prec_chol: Tensor, covariance_type: str
+    x: Tensor, means: Tensor, prec_chol: Tensor, covariance_type: str, x_sq: Tensor | None = None
 ) -> Tensor:
-    """log N(x | mu_k, Sigma_k) for every sample and component: (N, D) -> (N, K)."""
+    """log N(x | mu_k, Sigma_k) for every sample and component: (N, D) -> (N, K).
+    ``x_sq``: x**2 (N, D), if already computed (used by diag and spherical only)."""
     dim = x.shape[-1]
-    maha = _SQ_MAHALANOBIS[covariance_type](x, means, prec_chol)
+    maha = _SQ_MAHALANOBIS[covariance_type](x, means, prec_chol, x_sq)
     # The GEMM expansions for diag/spherical can go a hair below zero by cancellation.
     if covariance_type in ("diag", "spherical"):
         maha = maha.clamp_min(0.0)
@@ -218,18 +222,18 @@ class MixtureDensity:
     def covariance_eigenvalues(self) -> Tensor:
         return covariance_eigenvalues(self.covariances, self.covariance_type)
 
-    def component_log_prob(self, x: Tensor) -> Tensor:
+    def component_log_prob(self, x: Tensor, x_sq: Tensor | None = None) -> Tensor:
         """(N, D) -> (N, K): log pi_k + log N(x | mu_k, Sigma_k)."""
         return component_log_prob(x, self.means, self.precisions_cholesky,
-                                  self.covariance_type) + self.log_weights
+                                  self.covariance_type, x_sq) + self.log_weights
 
     def log_prob(self, x: Tensor) -> Tensor:
         """(N, D) -> (N,): log p(x), a log-sum-exp over components."""
         return torch.logsumexp(self.component_log_prob(x), dim=-1)
 
-    def log_responsibilities(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def log_responsibilities(self, x: Tensor, x_sq: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(N, D) -> (log p(x) (N,), log p(k | x) (N, K))."""
-        weighted = self.component_log_prob(x)
+        weighted = self.component_log_prob(x, x_sq)
         log_norm = torch.logsumexp(weighted, dim=-1)
         return log_norm, weighted - log_norm.unsqueeze(-1)
 

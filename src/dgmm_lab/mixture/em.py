@@ -67,15 +67,21 @@ def accumulate(
     chunk_size: int = 4096,
 ) -> Tensor:
     """E-step on one batch x (N, D): add its statistics to ``stats`` in place; returns
-    log p(x) per sample (N,)."""
+    log p(x) per sample (N,).
+
+    The density is scored on the centred data with centred means (it is translation
+    invariant), so the centred rows and, for diag/spherical, their squares serve both the
+    log-density and the statistics: each chunk is read and squared once."""
     cov_type = mixture.covariance_type
-    mixture = mixture.to(compute_dtype)
+    centred_mixture = MixtureDensity(mixture.log_weights, mixture.means - shift, mixture.precisions_cholesky,
+                                     cov_type).to(compute_dtype)
+    shift = shift.to(compute_dtype)
     log_likelihoods = []
     for xc in torch.split(x, chunk_size):
-        xc = xc.to(compute_dtype)
-        log_norm, log_resp = mixture.log_responsibilities(xc)
+        centred = xc.to(compute_dtype) - shift
+        squares = centred.pow(2) if cov_type in ("diag", "spherical") else None
+        log_norm, log_resp = centred_mixture.log_responsibilities(centred, squares)
         resp = log_resp.exp()
-        centred = xc - shift.to(compute_dtype)
         log_likelihoods.append(log_norm)
         stats.log_likelihood += log_norm.sum(dtype=torch.float64)
         stats.n_samples += xc.shape[0]
@@ -88,7 +94,7 @@ def accumulate(
         elif cov_type == "tied":
             stats.sxx += (centred.T @ centred).double()
         else:
-            stats.sxx += (resp.T @ centred.pow(2)).double()
+            stats.sxx += (resp.T @ squares).double()
     return torch.cat(log_likelihoods)
 
 

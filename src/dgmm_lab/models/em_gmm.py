@@ -29,13 +29,16 @@ class EMGMM(MixtureModule):
     def __init__(self, backbone: FeatureExtractor, n_components: int, covariance_type: str = "full",
                  tol: float = 1e-3, reg_covar: float = 1e-6, max_iter: int = 100,
                  init_params: str = "kmeans", n_init: int = 1, init_max_samples: int = 20000,
-                 init_em_steps: int = 5, compute_dtype: str = "float64", seed: int = 0):
+                 init_em_steps: int = 5, compute_dtype: str = "float64", init_from: str | None = None,
+                 seed: int = 0):
         super().__init__()
         self.save_hyperparameters(ignore=["backbone"], logger=False)
         self.automatic_optimization = False
         self.backbone = backbone
         self.covariance_type = check_covariance_type(covariance_type)
         k, d = n_components, backbone.out_dim
+        # user-given start values, checked now so a bad file stops the run before training
+        self.given = load_start_values(init_from, k, d, covariance_type) if init_from else {}
         prec_shape = {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}
         self.register_buffer("log_weights", torch.full((k,), -math.log(k), dtype=torch.float64))
         self.register_buffer("means", torch.zeros(k, d, dtype=torch.float64))
@@ -70,12 +73,27 @@ class EMGMM(MixtureModule):
     def initialize(self, x: Tensor, generator: torch.Generator) -> None:
         z = self.backbone(x).double()
         self.shift.copy_(z.mean(0))
+        if self.given:
+            self._set_mixture(*self._given_start(z, generator))
+            return
         best = None
         for _ in range(self.hparams.n_init):
             result = self._initial_em(z, generator)
             if best is None or result[0] > best[0]:
                 best = result
         self._set_mixture(*best[1:])
+
+    def _given_start(self, z: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        """As scikit-learn's weights_init/means_init/precisions_init: what the file gives
+        is used as is, the rest comes from one M-step after ``init_params``."""
+        given = {name: value.to(self.device) for name, value in self.given.items()}
+        if len(given) < 3:
+            resp = em.initial_responsibilities(z, self.hparams.n_components, self.hparams.init_params, g)
+            stats = em.stats_from_responsibilities(z, resp, self.shift, self.covariance_type)
+            r = em.m_step(stats, self.shift, self.covariance_type, self.hparams.reg_covar)
+            given = {"weights": r.weights, "means": r.means, "precisions_cholesky": r.precisions_cholesky, **given}
+        log.info("EM starts from the values in %s (%s)", self.hparams.init_from, ", ".join(sorted(self.given)))
+        return given["weights"], given["means"], given["precisions_cholesky"]
 
     def _initial_em(self, z: Tensor, g: torch.Generator):
         """One initialisation, refined by a few EM steps on the subsample; the restart with
@@ -175,3 +193,50 @@ class EMGMM(MixtureModule):
         z = self.backbone(x.to(self.device)).double()
         return {"train/bic": self.mixture.bic(z), "train/aic": self.mixture.aic(z),
                 "train/n_iter": float(self.n_iter)}
+
+
+def load_start_values(path: str, k: int, d: int, covariance_type: str) -> dict[str, Tensor]:
+    """Start values from a ``.npz`` or ``.pt`` file with any of ``weights`` (K,), ``means``
+    (K, D) and ``precisions`` or ``covariances`` in scikit-learn's shapes for the covariance
+    type (full (K, D, D), tied (D, D), diag (K, D), spherical (K,)), in feature space
+    (after the backbone).  E.g. ``np.savez(f, weights=gm.weights_, means=gm.means_,
+    precisions=gm.precisions_)`` from a fitted scikit-learn model."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from ..config import ConfigError
+    from ..mixture.density import precision_cholesky_from_covariance, precision_cholesky_from_precision
+
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"model.init_from={path!r}: no such file")
+    raw = dict(np.load(file)) if file.suffix == ".npz" else torch.load(file, map_location="cpu")
+    known = ("weights", "means", "precisions", "covariances")
+    unknown = sorted(set(raw) - set(known))
+    if unknown or not raw or ("precisions" in raw and "covariances" in raw):
+        raise ConfigError(f"model.init_from={path!r} holds {sorted(raw)}; allowed: any of weights, means, "
+                          "and precisions or covariances")
+    cov_shape = {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}[covariance_type]
+    shapes = {"weights": (k,), "means": (k, d), "precisions": cov_shape, "covariances": cov_shape}
+    values = {}
+    for name, value in raw.items():
+        value = torch.as_tensor(np.asarray(value), dtype=torch.float64)
+        if tuple(value.shape) != shapes[name] or not torch.isfinite(value).all():
+            raise ConfigError(f"model.init_from={path!r}: {name} has shape {tuple(value.shape)}"
+                              f"{'' if torch.isfinite(value).all() else ' and non-finite values'}; "
+                              f"allowed: finite values of shape {shapes[name]} (k={k}, {d} features, "
+                              f"covariance={covariance_type})")
+        values[name] = value
+    if "weights" in values and (bool((values["weights"] <= 0).any()) or abs(float(values["weights"].sum()) - 1) > 1e-6):
+        raise ConfigError(f"model.init_from={path!r}: weights must be positive and sum to 1")
+    try:
+        if "precisions" in values:
+            values["precisions_cholesky"] = precision_cholesky_from_precision(values.pop("precisions"), covariance_type)
+        elif "covariances" in values:
+            values["precisions_cholesky"] = precision_cholesky_from_covariance(values.pop("covariances"), covariance_type)
+    except torch.linalg.LinAlgError as err:
+        raise ConfigError(f"model.init_from={path!r}: {err}") from None
+    if "precisions_cholesky" in values and not torch.isfinite(values["precisions_cholesky"]).all():
+        raise ConfigError(f"model.init_from={path!r}: precisions must be positive")
+    return values
