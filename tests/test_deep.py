@@ -108,3 +108,24 @@ def test_nan_loss_stops_training_before_a_checkpoint(tmp_path):
     for ckpt in tmp_path.glob("*.ckpt"):
         state = torch.load(ckpt, weights_only=False)["state_dict"]
         assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_dagmm_evaluates_with_the_training_set_mixture_of_the_final_networks(tmp_path):
+    from conftest import load_model
+    from dgmm_lab.nets.parameter_generator import AmortizedParameters
+
+    metrics = train_in_process(["model=deep_gmm", "objective=dagmm", "backbone=mlp", "data.n_samples=1500",
+                                "data.dim=4", "k=3", "test_ckpt=last", *FAST], tmp_path)
+    datamodule, model = load_model(tmp_path)
+    objective = model.objective
+    x_train = datamodule.tensors("train")[0]
+    with torch.no_grad():
+        z = objective.features(x_train)[0].double()
+        gamma = objective.parameter_generator.memberships(z.float()).double()  # eval mode: no dropout
+        expected = objective.parameter_generator.mixture_from_moments(*AmortizedParameters.moments(z, gamma))
+        used = objective.mixture()
+        assert torch.allclose(used.weights.double(), expected.weights, rtol=1e-5)
+        assert torch.allclose(used.means.double(), expected.means, rtol=1e-4, atol=1e-5)
+        x_test = datamodule.tensors("test")[0]
+        nll = -expected.log_prob(objective.features(x_test)[0].double()).mean()
+    assert metrics["test/nll"] == pytest.approx(float(nll), rel=1e-4)

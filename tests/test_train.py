@@ -32,6 +32,22 @@ def test_run_writes_config_metrics_checkpoints_and_events(model, tmp_path):
     assert {"hp/test/nll", "hp/val/nll"} <= scalars  # final metrics for the HPARAMS tab
 
 
+@pytest.mark.parametrize("test_ckpt", ["best", "last"])
+def test_test_metrics_are_those_of_the_selected_checkpoint(test_ckpt, tmp_path):
+    from dgmm_lab.evaluate import evaluate
+
+    # far too high a learning rate: validation NLL gets worse after the first epoch
+    metrics = train_in_process(["model=deep_gmm", "model.lr=3.0", "model.lr_schedule=none", "trainer.max_epochs=6",
+                                f"test_ckpt={test_ckpt}", *FAST], tmp_path)
+    val = [e.value for e in read_events(tmp_path).Scalars("val/nll")]
+    assert min(val) < val[-1]  # so best and last differ
+    assert metrics["best/val/nll"] == pytest.approx(min(val), rel=1e-6)
+    best = next((tmp_path / "checkpoints").glob("best-*.ckpt"))
+    ckpt = best if test_ckpt == "best" else tmp_path / "checkpoints" / "last.ckpt"
+    again = evaluate(ckpt, [], tmp_path / "eval")
+    assert again["test/nll"] == metrics["test/nll"]
+
+
 def test_same_seed_same_numbers(tmp_path):
     a = train_in_process(["model=deep_gmm", *FAST, "seed=3"], tmp_path / "a")
     b = train_in_process(["model=deep_gmm", *FAST, "seed=3"], tmp_path / "b")

@@ -83,6 +83,8 @@ def check_config(cfg: DictConfig) -> None:
         _check_value(key, cfg.get(key))
     _check_objective_backbone(cfg)
     _check_launcher(cfg)
+    if cfg.get("test_ckpt", "best") not in ("best", "last"):
+        raise ConfigError(f"test_ckpt={cfg.test_ckpt!r} is not allowed; allowed: best, last")
     threads = cfg.get("num_threads")
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise ConfigError(f"num_threads={threads!r} must be an integer >= 1")

@@ -95,8 +95,14 @@ def run(cfg: DictConfig) -> float | None:
         trainer.save_checkpoint(Path(trainer.checkpoint_callback.dirpath) / "last.ckpt")
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     best = getattr(trainer.checkpoint_callback, "best_model_path", "")
+    if best and trainer.checkpoint_callback.best_model_score is not None:
+        metrics[f"best/{cfg.optimized_metric}"] = float(trainer.checkpoint_callback.best_model_score)
     if cfg.get("test", True):
-        trainer.test(model, datamodule=datamodule, verbose=False)
+        # test/* of the model selected on validation data (an overfitting late epoch must not
+        # decide a comparison); test_ckpt=last tests the final weights instead
+        use_best = cfg.get("test_ckpt", "best") == "best" and best
+        log.info("testing %s", best if use_best else "the final weights")
+        trainer.test(model, datamodule=datamodule, verbose=False, ckpt_path=best if use_best else None)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
     metrics.update(getattr(model, "exact_metrics", {}))
     if hasattr(model, "final_metrics"):

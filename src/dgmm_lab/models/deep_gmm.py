@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..distributed import all_reduce_with_grad
+from ..distributed import all_reduce_sum, all_reduce_with_grad
 from ..nets.feature_extractor import FeatureExtractor
 from ..objectives import OBJECTIVES
 from .base import MixtureModule
@@ -102,8 +102,6 @@ class DeepGMM(MixtureModule):
 
     def on_train_epoch_start(self) -> None:
         self._epoch_start = time.perf_counter()
-        if hasattr(self.objective, "on_train_epoch_start"):
-            self.objective.on_train_epoch_start()
 
     def training_step(self, batch, batch_idx):
         x, y = batch
@@ -118,11 +116,23 @@ class DeepGMM(MixtureModule):
         self.log_dict({f"train/{k}": v for k, v in parts.items()})
         return loss
 
+    def on_validation_epoch_start(self) -> None:
+        """Objectives whose evaluation mixture is estimated from the training set (DAGMM)
+        re-estimate it with the current networks, each process over its share, summed."""
+        if not hasattr(self.objective, "fit_training_set") or self.trainer.sanity_checking:
+            return
+        if self.trainer.state.fn != "fit":
+            return  # test/validate after training: the checkpoint's estimate is current
+        x, _ = self.trainer.datamodule.tensors("train")
+        share = x[self.global_rank::self.trainer.world_size]
+        batches = (b.to(self.device) for b in torch.split(share, self.trainer.datamodule.eval_batch_size))
+        self.objective.fit_training_set(batches, reduce=all_reduce_sum)
+
     def on_train_epoch_end(self) -> None:
         self.log_dict({"train/lr": self.optimizers().param_groups[0]["lr"],
                        "train/seconds_per_epoch": time.perf_counter() - self._epoch_start})
-        if self.conditional:
-            return  # one mixture per input: nothing global to monitor
+        if self.conditional or not getattr(self.objective, "has_mixture", lambda: True)():
+            return  # one mixture per input, or (DAGMM) no validation has estimated it yet
         with torch.no_grad():
             mixture = self.objective.mixture()
             weights = mixture.weights.double()

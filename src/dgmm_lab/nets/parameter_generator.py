@@ -5,8 +5,8 @@
   by gradient descent: the prior of VaDE, the base density of exact-likelihood training.
 - ``AmortizedParameters``: DAGMM's estimation network.  It outputs soft memberships
   gamma(z); weights, means and covariances are the gamma-weighted moments of the batch
-  (summed over processes, with gradients).  Over a training epoch the same moments are
-  accumulated without gradients, giving the training-set mixture used for evaluation.
+  (summed over processes, with gradients).  For evaluation the same moments are taken
+  over the whole training set with the current networks: the training-set mixture.
 
 Neither produces per-sample parameters that score the sample they came from: that
 recipe is degenerate (mu = x, variance -> 0) and is not offered.
@@ -131,22 +131,29 @@ class AmortizedParameters(nn.Module):
         sums = self.moments(z, gamma)
         if reduce is not None:
             sums = tuple(reduce(s) for s in sums)
-        if self.training:
-            self._accumulate(sums)
         return self.mixture_from_moments(*sums)
 
     @torch.no_grad()
-    def _accumulate(self, sums) -> None:
-        for buf, s in zip((self.n_seen, self.sum_gamma, self.sum_z, self.sum_zz), sums):
-            buf += s.detach().double()
-
-    def reset_running(self) -> None:
-        for buf in (self.n_seen, self.sum_gamma, self.sum_z, self.sum_zz):
+    def fit_training_set(self, codes, reduce=None) -> None:
+        """The evaluation mixture: moments of every training code z (an iterable of
+        batches), with memberships from the current network; ``reduce`` sums one flat
+        vector over processes.  Call in eval mode (no dropout)."""
+        buffers = (self.n_seen, self.sum_gamma, self.sum_z, self.sum_zz)
+        for buf in buffers:
             buf.zero_()
+        for z in codes:
+            for buf, s in zip(buffers, self.moments(z.double(), self.memberships(z).double())):
+                buf += s
+        flat = torch.cat([b.reshape(-1) for b in buffers])
+        flat = reduce(flat) if reduce is not None else flat
+        offset = 0
+        for buf in buffers:
+            buf.copy_(flat[offset:offset + buf.numel()].view_as(buf))
+            offset += buf.numel()
 
     def training_set_mixture(self, dtype: torch.dtype) -> MixtureDensity:
         if float(self.n_seen) == 0:
-            raise RuntimeError("no training moments accumulated yet")
+            raise RuntimeError("the training-set mixture is not estimated yet (fit_training_set)")
         sums = (self.n_seen, self.sum_gamma, self.sum_z, self.sum_zz)
         return self.mixture_from_moments(*(s.to(dtype) for s in sums))
 
@@ -169,7 +176,6 @@ def inverse_covariance_penalty(mixture: MixtureDensity) -> Tensor:
     if mixture.covariance_type in ("full", "tied"):
         cov = torch.diagonal(cov, dim1=-2, dim2=-1)
     return cov.reciprocal().sum()
-
 
 
 class ConditionalParameters(nn.Module):

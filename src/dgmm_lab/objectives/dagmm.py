@@ -4,7 +4,8 @@ network (amortised memberships) trained jointly.
 z = [code, relative Euclidean reconstruction error, cosine similarity]; gamma = softmax(
 estimation net(z)); the mixture is the gamma-weighted moments of the batch (summed over
 processes); loss = reconstruction + lambda_energy * mean energy + lambda_cov * sum 1/Sigma_dd.
-At evaluation the mixture is the one estimated over the last training epoch.
+At evaluation the mixture is estimated over the whole training set with the current
+networks (``fit_training_set``, before every validation), not from one batch.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ class DAGMMObjective(nn.Module):
         loss = reconstruction + self.lambda_energy * energy + self.lambda_cov * penalty
         return loss, {"reconstruction": reconstruction, "energy": energy, "cov_penalty": penalty}
 
+    def has_mixture(self) -> bool:
+        return float(self.parameter_generator.n_seen) > 0
+
     def mixture(self) -> MixtureDensity:
         return self.parameter_generator.training_set_mixture(torch.float32)
 
@@ -56,8 +60,10 @@ class DAGMMObjective(nn.Module):
         """-energy: the log-density of the features z under the training-set mixture."""
         return self.mixture().log_prob(self.features(x)[0])
 
-    def on_train_epoch_start(self) -> None:
-        self.parameter_generator.reset_running()
+    @torch.no_grad()
+    def fit_training_set(self, batches, reduce=None) -> None:
+        """Training-set mixture from batches of training inputs (this process's share)."""
+        self.parameter_generator.fit_training_set((self.features(x)[0] for x in batches), reduce)
 
     def initialize(self, *_, **__) -> None:
         pass
