@@ -64,7 +64,7 @@ def accumulate(
     mixture: MixtureDensity,
     shift: Tensor,
     compute_dtype: torch.dtype = torch.float64,
-    chunk_size: int = 4096,
+    chunk_size: int | None = None,
 ) -> Tensor:
     """E-step on one batch x (N, D): add its statistics to ``stats`` in place; returns
     log p(x) per sample (N,).
@@ -73,13 +73,21 @@ def accumulate(
     invariant), so the centred rows and, for diag/spherical, their squares serve both the
     log-density and the statistics: each chunk is read and squared once."""
     cov_type = mixture.covariance_type
+    chunk_size = chunk_size or chunk_rows(mixture.n_components, x.shape[1], cov_type)
     centred_mixture = MixtureDensity(mixture.log_weights, mixture.means - shift, mixture.precisions_cholesky,
                                      cov_type).to(compute_dtype)
     shift = shift.to(compute_dtype)
+    # chunk-sized work arrays, reused: a fresh multi-megabyte tensor per chunk is a fresh
+    # mmap and its page faults every time
+    rows = min(chunk_size, x.shape[0])
+    centred_buf = torch.empty(rows, x.shape[1], dtype=compute_dtype, device=x.device)
+    squares_buf = torch.empty_like(centred_buf) if cov_type in ("diag", "spherical") else None
+    k = mixture.n_components
+    weighted_buf = centred_buf.new_empty(rows, k, x.shape[1]) if cov_type == "full" else None
     log_likelihoods = []
     for xc in torch.split(x, chunk_size):
-        centred = xc.to(compute_dtype) - shift
-        squares = centred.pow(2) if cov_type in ("diag", "spherical") else None
+        centred = torch.sub(xc.to(compute_dtype), shift, out=centred_buf[: xc.shape[0]])
+        squares = None if squares_buf is None else torch.mul(centred, centred, out=squares_buf[: xc.shape[0]])
         log_norm, log_resp = centred_mixture.log_responsibilities(centred, squares)
         resp = log_resp.exp()
         log_likelihoods.append(log_norm)
@@ -89,13 +97,22 @@ def accumulate(
         stats.sx += (resp.T @ centred).double()
         if cov_type == "full":
             n, d = centred.shape
-            weighted = (resp.unsqueeze(-1) * centred.unsqueeze(1)).reshape(n, -1)
-            stats.sxx += (weighted.T @ centred).double().view(-1, d, d)
+            weighted = torch.mul(resp.unsqueeze(-1), centred.unsqueeze(1), out=weighted_buf[:n])
+            stats.sxx += (weighted.view(n, k * d).T @ centred).double().view(k, d, d)
         elif cov_type == "tied":
             stats.sxx += (centred.T @ centred).double()
         else:
             stats.sxx += (resp.T @ squares).double()
     return torch.cat(log_likelihoods)
+
+
+def chunk_rows(k: int, d: int, covariance_type: str) -> int:
+    """Rows per E-step chunk, so that the chunk's element-wise work stays in cache.  Measured
+    on 2 cores (float32 and float64): full covariance is fastest with about 2^20 elements
+    in its (rows, K*D) product (2048 rows for D=32, K=16); the others with about 2^18 in
+    each (rows, D) array (384-512 rows for 784-d MNIST, 1.3x faster than 4096)."""
+    width, target = (k * d, 2**20) if covariance_type == "full" else (d, 2**18)
+    return max(256, min(4096, target // width))
 
 
 @dataclass
