@@ -62,3 +62,16 @@ def test_deep_gmm_two_processes_equal_one_with_the_same_global_batch(tmp_path):
     for key in ("val/nll", "test/nll"):
         assert two[key] == pytest.approx(one[key], rel=1e-5), key
     assert two["test/acc"] == one["test/acc"]
+
+
+def test_dagmm_two_processes_equal_one_with_the_same_global_batch(tmp_path):
+    # batch moments are all-reduced with gradients and the evaluation mixture is summed over
+    # the ranks' shares of the training set, so (without dropout, whose masks are per rank)
+    # two ranks x 128 train and evaluate as one process x 256
+    common = ["model=deep_gmm", "objective=dagmm", "backbone=mlp", "model.estimation_dropout=0", "debug=fast",
+              "data.n_samples=3000", "data.dim=4", "trainer.max_epochs=3", "test_ckpt=last"]
+    one = train(tmp_path, "one", [*common, "data.batch_size=256"])
+    two = train(tmp_path, "two", [*common, "data.batch_size=128", "trainer=ddp", "trainer.accelerator=cpu",
+                                  "trainer.devices=2"])
+    for key in ("val/nll", "test/nll"):
+        assert two[key] == pytest.approx(one[key], rel=1e-4), key

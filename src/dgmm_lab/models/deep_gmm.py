@@ -30,7 +30,7 @@ class DeepGMM(MixtureModule):
     def __init__(self, backbone: FeatureExtractor, objective: str, n_components: int,
                  covariance_type: str = "full", lr: float = 1e-3, weight_decay: float = 0.0,
                  lr_schedule: str = "cosine", min_scale: float = 1e-3,
-                 lambda_energy: float = 0.1, lambda_cov: float = 0.005,
+                 lambda_energy: float = 0.1, lambda_cov: float = 0.005, estimation_dropout: float = 0.5,
                  likelihood: str = "bernoulli", decoder_std: float = 1.0, pretrain_epochs: int = 0, pretrain_lr: float = 1e-3,
                  pretrain_cache_dir: str | None = None, n_init: int = 1, target_dim: int | None = None,
                  init_max_samples: int = 20000, seed: int = 0):
@@ -38,7 +38,7 @@ class DeepGMM(MixtureModule):
         self.save_hyperparameters(ignore=["backbone"], logger=False)
         self.objective = OBJECTIVES[objective](
             backbone, n_components, covariance_type, min_scale=min_scale,
-            lambda_energy=lambda_energy, lambda_cov=lambda_cov, likelihood=likelihood,
+            lambda_energy=lambda_energy, lambda_cov=lambda_cov, dropout=estimation_dropout, likelihood=likelihood,
             decoder_std=decoder_std, target_dim=target_dim)
         self.conditional = getattr(self.objective, "conditional", False)
 

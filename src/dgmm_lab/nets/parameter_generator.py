@@ -104,10 +104,12 @@ class AmortizedParameters(nn.Module):
         n = torch.tensor(float(z.shape[0]), dtype=z.dtype, device=z.device)
         return n, gamma.sum(0), gamma.T @ z, torch.einsum("nk,nd,ne->kde", gamma, z, z)
 
-    def mixture_from_moments(self, n: Tensor, s0: Tensor, s1: Tensor, s2: Tensor) -> MixtureDensity:
+    def mixture_from_moments(self, n: Tensor, s0: Tensor, s1: Tensor, s2: Tensor,
+                             dtype: torch.dtype | None = None) -> MixtureDensity:
         """Weights, means, covariances from the sums; computed in float64 (S2/S0 - mu mu^T
-        cancels badly in float32) with ``eps`` on the diagonal, returned in the input dtype."""
-        dtype = s1.dtype
+        cancels badly in float32) with ``eps`` on the diagonal, returned in ``dtype``
+        (default: the sums' dtype)."""
+        dtype = dtype or s1.dtype
         n, s0, s1, s2 = (t.double() for t in (n, s0, s1, s2))
         s0 = s0 + self.eps
         means = s1 / s0.unsqueeze(-1)
@@ -127,11 +129,13 @@ class AmortizedParameters(nn.Module):
                               self.covariance_type)
 
     def forward(self, z: Tensor, gamma: Tensor, reduce=None) -> MixtureDensity:
-        """Batch mixture; ``reduce`` sums the moments over processes (with gradients)."""
-        sums = self.moments(z, gamma)
+        """Batch mixture; ``reduce`` sums the moments over processes (with gradients).
+        The sums are float64: DAGMM's error features (cosine similarity near 1) have
+        variances near 1e-6, which S2/S0 - mu mu^T cannot resolve from float32 sums."""
+        sums = self.moments(z.double(), gamma.double())
         if reduce is not None:
             sums = tuple(reduce(s) for s in sums)
-        return self.mixture_from_moments(*sums)
+        return self.mixture_from_moments(*sums, dtype=z.dtype)
 
     @torch.no_grad()
     def fit_training_set(self, codes, reduce=None) -> None:
