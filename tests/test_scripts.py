@@ -1,0 +1,21 @@
+"""The benchmark scripts run and their tables say what the docs claim they say."""
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+
+@pytest.mark.slow
+def test_bench_em_prints_a_row_with_equal_log_likelihoods():
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_em.py"), "--cases", "synthetic-diag",
+                             "--iters", "2", "--repeats", "1", "--threads", "1"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    row = next(line for line in result.stdout.splitlines() if line.startswith("| synthetic-diag"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "200000 x 32, 16" and cells[2] == "1"
+    assert all(float(cells[i]) > 0 for i in (3, 4, 5))  # seconds
+    assert abs(float(cells[9])) < 1e-8 and abs(float(cells[10])) < 1e-4  # float64 / float32 vs scikit-learn
