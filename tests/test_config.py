@@ -15,6 +15,10 @@ from conftest import run_cli
     (["paths.data_dir=???", "data=mnist"], "paths.data_dir is required but has no value"),
     (["k=2,0", "covariance=full", "-m"], "k=0 must be an integer >= 1"),
     (["model=em_gmm,nonsense", "-m"], "model='nonsense' is not a known model"),
+    # raised by constructors and data loading, reported through the same one line
+    (["data.shape=banana"], "data.shape='banana' is not one of gmm, moons, rings, spiral"),
+    (["model=deep_gmm", "objective=mdn", "data=regression", "backbone=conv"], "backbone=conv expects 28x28 images"),
+    (["data=array", "data.path=/nonexistent/x.npz"], "/nonexistent/x.npz"),
 ])
 def test_bad_override_fails_with_one_line(args, expected, tmp_path):
     flags = [a for a in args if a.startswith("-")]

@@ -11,6 +11,7 @@ import logging
 import math
 import sys
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
@@ -30,19 +31,39 @@ log = logging.getLogger(__name__)
 
 def build(cfg: DictConfig):
     """Data module (set up) and model, as the config describes them; shared with evaluate."""
-    datamodule = instantiate(cfg.data)
-    datamodule.setup()
-    check_against_data(cfg, datamodule)
-    backbone = instantiate(cfg.backbone, input_shape=datamodule.input_shape)
-    extra = {"target_dim": datamodule.target_dim} if cfg.get("objective") == "mdn" and "DeepGMM" in cfg.model._target_ else {}
-    try:
+    with user_errors_in_one_line():
+        datamodule = instantiate(cfg.data)
+        datamodule.setup()
+        check_against_data(cfg, datamodule)
+        backbone = instantiate(cfg.backbone, input_shape=datamodule.input_shape)
+        extra = {"target_dim": datamodule.target_dim} if cfg.get("objective") == "mdn" and "DeepGMM" in cfg.model._target_ else {}
         model = instantiate(cfg.model, backbone=backbone, **extra)
-    except InstantiationException as err:
-        # a constructor's check of a user value: report its one line, not Hydra's wrapper
-        if isinstance(err.__cause__, ConfigError):
-            raise err.__cause__ from None
-        raise
     return datamodule, model
+
+
+USER_ERRORS = (ValueError, FileNotFoundError, KeyError)
+
+
+@contextmanager
+def user_errors_in_one_line():
+    """What constructors and data loading raise about the user's values (a value out of
+    range, a missing file, column or key, a backbone that does not fit the data) is
+    reported as one ``dgmm_lab: error:`` line, not a traceback in Hydra's wrapper."""
+    try:
+        yield
+    except InstantiationException as err:
+        if isinstance(err.__cause__, USER_ERRORS):
+            raise _one_line(err.__cause__) from None
+        raise
+    except USER_ERRORS as err:
+        raise _one_line(err) from None
+
+
+def _one_line(err: Exception) -> ConfigError:
+    if isinstance(err, ConfigError):
+        return err
+    message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+    return ConfigError(" ".join(str(message).split()))
 
 
 def hparams_of(cfg: DictConfig) -> dict:
