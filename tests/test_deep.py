@@ -101,6 +101,7 @@ def test_nan_loss_stops_training_before_a_checkpoint(tmp_path):
     model = DeepGMM(Identity((2,)), "nll", 3)
     checkpoints = ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=1)
     trainer = pl.Trainer(max_epochs=1, logger=False, callbacks=[checkpoints], enable_progress_bar=False,
+                         default_root_dir=tmp_path,
                          limit_val_batches=0, num_sanity_val_steps=0)
     model.on_fit_start = lambda: model.objective.initialize(x_train[:200], torch.Generator(), 1)
     with pytest.raises(FloatingPointError, match=r"non-finite loss nan at epoch 0, step 2"):

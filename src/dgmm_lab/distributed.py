@@ -12,11 +12,17 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def all_reduce_sum(t: Tensor) -> Tensor:
-    """In-place sum over processes (no gradient): EM's sufficient statistics."""
-    if is_distributed():
-        dist.all_reduce(t)
-    return t
+def sum_over_processes(tensors: list[Tensor]) -> None:
+    """In-place sums over processes of several tensors with one all-reduce of one flat
+    vector (EM's statistics, DAGMM's training-set moments)."""
+    if not is_distributed():
+        return
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat)
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset:offset + t.numel()].view_as(t))
+        offset += t.numel()
 
 
 def all_reduce_with_grad(t: Tensor) -> Tensor:

@@ -146,6 +146,12 @@ def covariance_eigenvalues(covariances: Tensor, covariance_type: str) -> Tensor:
     return covariances
 
 
+def covariance_shape(n_components: int, dim: int, covariance_type: str) -> tuple[int, ...]:
+    """Shape of the covariances (and of their precisions and precision factors)."""
+    k, d = n_components, dim
+    return {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}[covariance_type]
+
+
 def n_parameters(n_components: int, dim: int, covariance_type: str) -> int:
     """Number of free parameters (as scikit-learn counts them)."""
     cov = {
@@ -190,11 +196,11 @@ class MixtureDensity:
 
     def _validate(self) -> None:
         k, d = self.means.shape
-        expected = {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}
+        expected = covariance_shape(k, d, self.covariance_type)
         shape = tuple(self.precisions_cholesky.shape)
-        if shape != expected[self.covariance_type]:
+        if shape != expected:
             raise ValueError(
-                f"precisions_cholesky has shape {shape}, expected {expected[self.covariance_type]} "
+                f"precisions_cholesky has shape {shape}, expected {expected} "
                 f"for covariance_type={self.covariance_type!r}"
             )
         if self.log_weights.shape != (k,):

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..distributed import all_reduce_sum, all_reduce_with_grad
+from ..distributed import all_reduce_with_grad, sum_over_processes
 from ..nets.feature_extractor import FeatureExtractor
 from ..objectives import OBJECTIVES
 from .base import MixtureModule
@@ -126,7 +126,7 @@ class DeepGMM(MixtureModule):
         x, _ = self.trainer.datamodule.tensors("train")
         share = x[self.global_rank::self.trainer.world_size]
         batches = (b.to(self.device) for b in torch.split(share, self.trainer.datamodule.eval_batch_size))
-        self.objective.fit_training_set(batches, reduce=all_reduce_sum)
+        self.objective.fit_training_set(batches, reduce=sum_over_processes)
 
     def on_train_epoch_end(self) -> None:
         self.log_dict({"train/lr": self.optimizers().param_groups[0]["lr"],

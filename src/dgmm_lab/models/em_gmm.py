@@ -12,14 +12,18 @@ from __future__ import annotations
 import logging
 import math
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from ..mixture import em
-from ..mixture.density import MixtureDensity, check_covariance_type, covariance_eigenvalues
+from ..mixture.density import (MixtureDensity, check_covariance_type, covariance_eigenvalues, covariance_shape,
+                               precision_cholesky_from_covariance, precision_cholesky_from_precision)
 from ..nets.feature_extractor import FeatureExtractor
-from ..distributed import all_reduce_sum
+from ..config import ConfigError
+from ..distributed import sum_over_processes
 from .base import MixtureModule
 
 log = logging.getLogger(__name__)
@@ -39,10 +43,9 @@ class EMGMM(MixtureModule):
         k, d = n_components, backbone.out_dim
         # user-given start values, checked now so a bad file stops the run before training
         self.given = load_start_values(init_from, k, d, covariance_type) if init_from else {}
-        prec_shape = {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}
         self.register_buffer("log_weights", torch.full((k,), -math.log(k), dtype=torch.float64))
         self.register_buffer("means", torch.zeros(k, d, dtype=torch.float64))
-        self.register_buffer("precisions_cholesky", torch.ones(prec_shape[covariance_type], dtype=torch.float64))
+        self.register_buffer("precisions_cholesky", torch.ones(covariance_shape(k, d, covariance_type), dtype=torch.float64))
         self.register_buffer("shift", torch.zeros(d, dtype=torch.float64))
         self.register_buffer("lower_bound", torch.tensor(-math.inf, dtype=torch.float64))
         self.register_buffer("n_iter", torch.tensor(0))
@@ -128,8 +131,7 @@ class EMGMM(MixtureModule):
             self._finish_iteration()
 
     def _finish_iteration(self) -> None:
-        flat = all_reduce_sum(self._stats.flat())
-        self._stats.load_flat(flat)
+        sum_over_processes(self._stats.tensors())
         result = em.m_step(self._stats, self.shift, self.covariance_type, self.hparams.reg_covar)
         if result.empty_components:
             candidates = self.trainer.strategy.broadcast(self._worst.points, src=0)
@@ -201,13 +203,6 @@ def load_start_values(path: str, k: int, d: int, covariance_type: str) -> dict[s
     type (full (K, D, D), tied (D, D), diag (K, D), spherical (K,)), in feature space
     (after the backbone).  E.g. ``np.savez(f, weights=gm.weights_, means=gm.means_,
     precisions=gm.precisions_)`` from a fitted scikit-learn model."""
-    from pathlib import Path
-
-    import numpy as np
-
-    from ..config import ConfigError
-    from ..mixture.density import precision_cholesky_from_covariance, precision_cholesky_from_precision
-
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"model.init_from={path!r}: no such file")
@@ -217,7 +212,7 @@ def load_start_values(path: str, k: int, d: int, covariance_type: str) -> dict[s
     if unknown or not raw or ("precisions" in raw and "covariances" in raw):
         raise ConfigError(f"model.init_from={path!r} holds {sorted(raw)}; allowed: any of weights, means, "
                           "and precisions or covariances")
-    cov_shape = {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}[covariance_type]
+    cov_shape = covariance_shape(k, d, covariance_type)
     shapes = {"weights": (k,), "means": (k, d), "precisions": cov_shape, "covariances": cov_shape}
     values = {}
     for name, value in raw.items():

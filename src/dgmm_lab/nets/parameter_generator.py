@@ -140,20 +140,16 @@ class AmortizedParameters(nn.Module):
     @torch.no_grad()
     def fit_training_set(self, codes, reduce=None) -> None:
         """The evaluation mixture: moments of every training code z (an iterable of
-        batches), with memberships from the current network; ``reduce`` sums one flat
-        vector over processes.  Call in eval mode (no dropout)."""
-        buffers = (self.n_seen, self.sum_gamma, self.sum_z, self.sum_zz)
+        batches), with memberships from the current network; ``reduce`` sums the list of
+        sums over processes in place.  Call in eval mode (no dropout)."""
+        buffers = [self.n_seen, self.sum_gamma, self.sum_z, self.sum_zz]
         for buf in buffers:
             buf.zero_()
         for z in codes:
             for buf, s in zip(buffers, self.moments(z.double(), self.memberships(z).double())):
                 buf += s
-        flat = torch.cat([b.reshape(-1) for b in buffers])
-        flat = reduce(flat) if reduce is not None else flat
-        offset = 0
-        for buf in buffers:
-            buf.copy_(flat[offset:offset + buf.numel()].view_as(buf))
-            offset += buf.numel()
+        if reduce is not None:
+            reduce(buffers)
 
     def training_set_mixture(self, dtype: torch.dtype) -> MixtureDensity:
         if float(self.n_seen) == 0:
