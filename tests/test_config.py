@@ -1,8 +1,12 @@
 """Bad overrides end before training in one line naming key, value and allowed values."""
 
-import pytest
+import inspect
 
-from conftest import run_cli
+import pytest
+from hydra.utils import get_class
+
+from conftest import compose_config, run_cli
+from dgmm_lab.config import CONF_DIR, check_config
 
 
 @pytest.mark.parametrize("args, expected", [
@@ -29,3 +33,28 @@ def test_bad_override_fails_with_one_line(args, expected, tmp_path):
     assert len(error_lines) == 1 and expected in error_lines[0], result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert not list(tmp_path.rglob("*.ckpt")), "nothing may be trained or saved"
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")))
+def test_every_experiment_preset_composes_and_names_only_real_arguments(preset, tmp_path):
+    # Hydra merges unknown keys from a preset file without complaint; a typo (say
+    # model.pretrain_epoch) would only fail when the run starts, or never for **kwargs
+    cfg = compose_config([f"experiment={preset}"], tmp_path)
+    check_config(cfg)
+    for group in ("model", "data", "backbone"):
+        node = cfg[group]
+        accepted = init_arguments(get_class(node._target_))
+        unknown = sorted(set(node) - accepted - {"_target_"})
+        assert not unknown, f"experiment={preset}: {group} has no argument(s) {unknown}"
+
+
+def init_arguments(cls) -> set[str]:
+    """Keyword arguments a class takes, following **kwargs up its base classes."""
+    names = set()
+    for klass in cls.__mro__:
+        if "__init__" in vars(klass):
+            params = inspect.signature(klass.__init__).parameters.values()
+            names |= {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+            if not any(p.kind == p.VAR_KEYWORD for p in params):
+                break
+    return names - {"self"}
