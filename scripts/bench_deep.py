@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 METHODS = {
@@ -29,6 +30,22 @@ METHODS = {
 }
 
 
+def train(method: str, seed: int, args, out_root: Path) -> tuple[dict, float]:
+    """One ``python -m dgmm_lab.train`` run; returns its metrics.json and wall seconds."""
+    run_dir = out_root / f"{method.split()[0]}_{seed}"
+    overrides = [o.format(epochs=args.epochs, pre=args.pretrain_epochs) for o in METHODS[method]]
+    overrides += ["data=mnist", "k=10", f"seed={seed}", "trainer.enable_progress_bar=false",
+                  f"num_threads={args.threads}", f"hydra.run.dir={run_dir}"]
+    if args.limit_train:
+        overrides.append(f"data.limit_train={args.limit_train}")
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "dgmm_lab.train", *overrides], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    seconds = time.perf_counter() - start
+    print(f"done: {method}, seed {seed}, {seconds:.0f} s", file=sys.stderr, flush=True)
+    return json.loads((run_dir / "metrics.json").read_text()), seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -36,31 +53,26 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--pretrain-epochs", type=int, default=20)
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (each with --threads)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     args = parser.parse_args()
     out_root = Path(tempfile.mkdtemp(prefix="bench_deep_"))
+    runs = [(method, seed) for method in args.methods for seed in args.seeds]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        results = dict(zip(runs, pool.map(lambda run: train(*run, args, out_root), runs)))
     rows = []
     for method in args.methods:
-        scores, seconds = [], 0.0
-        for seed in args.seeds:
-            run_dir = out_root / f"{method.split()[0]}_{seed}"
-            overrides = [o.format(epochs=args.epochs, pre=args.pretrain_epochs) for o in METHODS[method]]
-            overrides += ["data=mnist", "k=10", f"seed={seed}", "trainer.enable_progress_bar=false",
-                          f"hydra.run.dir={run_dir}"]
-            if args.limit_train:
-                overrides.append(f"data.limit_train={args.limit_train}")
-            start = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "dgmm_lab.train", *overrides], check=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            seconds += time.perf_counter() - start
-            scores.append(json.loads((run_dir / "metrics.json").read_text()))
+        scores = [results[method, seed][0] for seed in args.seeds]
+        seconds = statistics.mean(results[method, seed][1] for seed in args.seeds)
         cells = []
         for key in ("test/acc", "test/nmi", "test/ari"):
             values = [s[key] for s in scores]
             spread = statistics.stdev(values) if len(values) > 1 else 0.0
             cells.append(f"{statistics.mean(values):.3f} +- {spread:.3f}")
-        rows.append((method, *cells, f"{seconds / len(args.seeds):.0f}"))
-        print(f"done: {method}", file=sys.stderr)
-    print(f"MNIST clustering, K=10, seeds {args.seeds}, limit_train={args.limit_train}, epochs={args.epochs}\n")
+        rows.append((method, *cells, f"{seconds:.0f}"))
+    print(f"MNIST clustering, K=10, seeds {args.seeds}, limit_train={args.limit_train}, "
+          f"epochs={args.epochs}, pre-training epochs={args.pretrain_epochs}, {args.jobs} run(s) at a time "
+          f"with {args.threads} thread(s) each\n")
     print("| method | accuracy | NMI | ARI | seconds per run |\n|---|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
