@@ -214,3 +214,26 @@ def test_bad_start_value_file_is_one_line(content, expected, tmp_path):
     assert result.returncode == 2, result.stderr[-2000:]
     lines = [line for line in result.stderr.splitlines() if line.startswith("dgmm_lab: error:")]
     assert len(lines) == 1 and expected in lines[0] and "Traceback" not in result.stderr, result.stderr[-2000:]
+
+
+def test_start_metrics_are_those_of_the_start_values(tmp_path):
+    """start/acc, nmi, ari: the clustering of the start values on the initialisation sample
+    (here the whole 2100-point training split), before any EM iteration."""
+    from hydra.utils import instantiate
+
+    from conftest import FAST, compose_config, train_in_process
+    from dgmm_lab.metrics import clustering_metrics
+    from dgmm_lab.mixture.density import MixtureDensity
+
+    overrides = ["k=3", "covariance=diag", "trainer.max_epochs=2", *FAST]
+    datamodule = instantiate(compose_config(overrides, tmp_path).data)
+    x, y = datamodule.tensors("train")
+    # a poor start: the first three points as means, unit variances
+    means, covariances = x[:3].double(), torch.ones(3, x.shape[1], dtype=torch.float64)
+    np.savez(tmp_path / "start.npz", weights=np.full(3, 1 / 3), means=means.numpy(), covariances=covariances.numpy())
+    start = MixtureDensity.from_covariances(torch.full((3,), 1 / 3, dtype=torch.float64), means, covariances, "diag")
+    expected = clustering_metrics(y.numpy(), start.predict(x.double()).numpy())
+    m = train_in_process([*overrides, f"model.init_from={tmp_path / 'start.npz'}"], tmp_path / "run")
+    for name in ("acc", "nmi", "ari"):
+        assert m[f"start/{name}"] == pytest.approx(expected[name], abs=1e-12)
+    assert expected["acc"] < 0.9 < m["test/acc"]  # the start was poor; EM fixed it

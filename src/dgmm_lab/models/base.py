@@ -33,11 +33,34 @@ class MixtureModule(pl.LightningModule):
     def on_fit_start(self) -> None:
         if bool(self.initialized):
             return
-        x = self._init_sample()
+        x, y = self._init_sample()
         if self.backbone.needs_fit:
             self.backbone.fit(x)
         self.initialize(x, torch.Generator(device=self.device).manual_seed(self.hparams.seed))
         self.initialized.fill_(True)
+        self._record_start_metrics(x, y)
+
+    @torch.no_grad()
+    def _record_start_metrics(self, x: Tensor, y: Tensor) -> None:
+        """Clustering metrics of the start values on the initialisation sample (start/acc,
+        nmi, ari): VaDE, for one, keeps much of the partition it starts from, so a sweep
+        should show how much of each result its start set."""
+        if not has_class_labels(y) or not self.has_global_mixture():
+            return
+        was_training = self.training
+        self.eval()  # batch norm must not learn from this pass
+        clusters = torch.cat([self.evaluate_batch(b)[1] for b in torch.split(x, 4096)])
+        self.train(was_training)
+        scores = clustering_metrics(y.cpu().numpy(), clusters.cpu().numpy())
+        metrics = {f"start/{name}": value for name, value in scores.items()}
+        self.exact_metrics.update(metrics)
+        if self.logger is not None:
+            self.logger.log_metrics(metrics, step=0)
+
+    def has_global_mixture(self) -> bool:
+        """One mixture for all inputs that exists before training (not so for a mixture
+        density network, or for DAGMM before its first estimate)."""
+        return True
 
     def initialize(self, x: Tensor, generator: torch.Generator) -> None:
         """Start values from a training subsample x (raw inputs)."""
@@ -81,13 +104,13 @@ class MixtureModule(pl.LightningModule):
                       "hparams": {k: v for k, v in self.hparams.items() if isinstance(v, (int, float, str, bool))}}
             (root / "ranks" / f"rank{self.global_rank}.json").write_text(json.dumps(record, indent=1))
 
-    def _init_sample(self) -> Tensor:
+    def _init_sample(self) -> tuple[Tensor, Tensor]:
         """Start values are fitted on this seeded subsample of the training split (at most
         ``hparams.init_max_samples``): the same on every rank, without communication."""
-        x, _ = self.trainer.datamodule.tensors("train")
+        x, y = self.trainer.datamodule.tensors("train")
         n = min(x.shape[0], self.hparams.init_max_samples)
         idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(self.hparams.seed))[:n]
-        return x[idx].to(self.device)
+        return x[idx].to(self.device), y[idx]
 
     # ---- a resumed run continues the random stream of the uninterrupted one
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -132,7 +155,7 @@ class MixtureModule(pl.LightningModule):
         if getattr(datamodule, "anomaly_protocol", False) and stage == "test":
             scores = anomaly_metrics(y.cpu().numpy(), (-log_p).cpu().numpy(), datamodule.contamination)
             metrics.update({f"{stage}/{name}": value for name, value in scores.items()})
-        elif not y.is_floating_point() and y.numel() and int(y.min()) >= 0:
+        elif has_class_labels(y):
             for name, value in clustering_metrics(y.cpu().numpy(), cluster.cpu().numpy()).items():
                 metrics[f"{stage}/{name}"] = value
         metrics.update(self.extra_eval_metrics(stage, log_p))
@@ -158,3 +181,8 @@ class MixtureModule(pl.LightningModule):
         """Width of one grey level in the space the density lives in; None when the density
         is not one of the input pixels (features, ELBOs, energies)."""
         return None
+
+
+def has_class_labels(y: Tensor) -> bool:
+    """Integer class labels (unlabelled splits carry -1, regression targets are floats)."""
+    return not y.is_floating_point() and y.numel() > 0 and int(y.min()) >= 0

@@ -131,8 +131,8 @@ class DeepGMM(MixtureModule):
     def on_train_epoch_end(self) -> None:
         self.log_dict({"train/lr": self.optimizers().param_groups[0]["lr"],
                        "train/seconds_per_epoch": time.perf_counter() - self._epoch_start})
-        if self.conditional or not getattr(self.objective, "has_mixture", lambda: True)():
-            return  # one mixture per input, or (DAGMM) no validation has estimated it yet
+        if not self.has_global_mixture():
+            return
         with torch.no_grad():
             mixture = self.objective.mixture()
             weights = mixture.weights.double()
@@ -140,6 +140,10 @@ class DeepGMM(MixtureModule):
             eig = mixture.covariance_eigenvalues()
         self.log_dict({"train/min_covariance_eigenvalue": float(eig.min()),
                        "train/effective_components": float(entropy.exp())})
+
+    def has_global_mixture(self) -> bool:
+        # an MDN has one mixture per input; DAGMM's exists after its first estimate
+        return not self.conditional and getattr(self.objective, "has_mixture", lambda: True)()
 
     # ------------------------------------------------------------------ inference
     def log_prob(self, x: Tensor) -> Tensor:
