@@ -48,7 +48,6 @@ class SufficientStats:
         return [getattr(self, f.name) for f in fields(self)]
 
 
-
 def accumulate(
     stats: SufficientStats,
     x: Tensor,

@@ -49,7 +49,7 @@ class MixtureModule(pl.LightningModule):
             return
         was_training = self.training
         self.eval()  # batch norm must not learn from this pass
-        clusters = torch.cat([self.evaluate_batch(b)[1] for b in torch.split(x, 4096)])
+        clusters = torch.cat([self.evaluate_batch(b)[1] for b in torch.split(x, self.trainer.datamodule.eval_batch_size)])
         self.train(was_training)
         scores = clustering_metrics(y.cpu().numpy(), clusters.cpu().numpy())
         metrics = {f"start/{name}": value for name, value in scores.items()}
