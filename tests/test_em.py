@@ -9,6 +9,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
 from dgmm_lab import GaussianMixture
+from dgmm_lab.mixture import em
 from dgmm_lab.mixture.density import COVARIANCE_TYPES
 
 
@@ -69,6 +70,18 @@ def test_mini_batch_equals_full_batch(cov_type):
     for attr in ("weights_", "means_", "covariances_"):
         np.testing.assert_allclose(getattr(mini, attr), getattr(full, attr), rtol=1e-8, atol=1e-12)
     assert mini.lower_bound_ == pytest.approx(full.lower_bound_, rel=1e-12)
+
+
+@pytest.mark.parametrize("zero_fraction", [0.0, 0.9])
+def test_full_second_moments_gathered_or_dense_equal_the_definition(zero_fraction):
+    # 0.9 zeros takes the per-component gather, none the dense chunked product
+    gen = torch.Generator().manual_seed(0)
+    centred = torch.randn(1000, 5, generator=gen, dtype=torch.float64)
+    resp = torch.rand(1000, 4, generator=gen, dtype=torch.float64)
+    resp[torch.rand(1000, 4, generator=gen) < zero_fraction] = 0.0
+    expected = torch.einsum("nk,nd,ne->kde", resp, centred, centred)
+    got = em.full_second_moments(centred, resp, chunk_size=128)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
 
 
 def test_float32_products_keep_the_likelihood():
