@@ -7,6 +7,7 @@ wall time of each method.  Published anchors: k-means ~53%, DEC 84-86%, IDEC 88%
 
     DGMM_LAB_DATA_DIR=../shared/data python scripts/bench_deep.py --seeds 0 1 2
     python scripts/bench_deep.py --limit-train 10000 --epochs 20   # a CPU-sized version
+    python scripts/bench_deep.py --epochs 300 --override trainer=gpu  # extra overrides for every run
 """
 
 from __future__ import annotations
@@ -38,9 +39,15 @@ def train(method: str, seed: int, args, out_root: Path) -> tuple[dict, float]:
                   f"num_threads={args.threads}", f"hydra.run.dir={run_dir}"]
     if args.limit_train:
         overrides.append(f"data.limit_train={args.limit_train}")
+    overrides += args.override
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "dgmm_lab.train", *overrides], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log_file = out_root / f"{run_dir.name}.log"
+    with open(log_file, "w") as log:
+        done = subprocess.run([sys.executable, "-m", "dgmm_lab.train", *overrides], stdout=log,
+                              stderr=subprocess.STDOUT)
+    if done.returncode:
+        raise RuntimeError(f"{method}, seed {seed} failed with exit code {done.returncode}; the end of "
+                           f"{log_file}:\n{log_file.read_text()[-3000:]}")
     seconds = time.perf_counter() - start
     print(f"done: {method}, seed {seed}, {seconds:.0f} s", file=sys.stderr, flush=True)
     return json.loads((run_dir / "metrics.json").read_text()), seconds
@@ -55,6 +62,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (each with --threads)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--override", nargs="*", default=[], help="Hydra overrides added to every run")
     args = parser.parse_args()
     out_root = Path(tempfile.mkdtemp(prefix="bench_deep_"))
     runs = [(method, seed) for method in args.methods for seed in args.seeds]
@@ -70,9 +78,10 @@ def main() -> None:
             spread = statistics.stdev(values) if len(values) > 1 else 0.0
             cells.append(f"{statistics.mean(values):.3f} +- {spread:.3f}")
         rows.append((method, *cells, f"{seconds:.0f}"))
+    extra = f", overrides {' '.join(args.override)}" if args.override else ""
     print(f"MNIST clustering, K=10, seeds {args.seeds}, limit_train={args.limit_train}, "
           f"epochs={args.epochs}, pre-training epochs={args.pretrain_epochs}, {args.jobs} run(s) at a time "
-          f"with {args.threads} thread(s) each\n")
+          f"with {args.threads} thread(s) each{extra}\n")
     print("| method | accuracy | NMI | ARI | seconds per run |\n|---|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")

@@ -8,6 +8,7 @@ shared-machine noise only adds time. Prints a Markdown table.
     python scripts/bench_em.py                      # synthetic cases (+ MNIST if available)
     python scripts/bench_em.py --cases synthetic-full --iters 5 --threads 1 2
     DGMM_LAB_DATA_DIR=../shared/data python scripts/bench_em.py --cases mnist-pca50-full mnist-784-diag
+    python scripts/bench_em.py --device cuda      # ours on the GPU, scikit-learn on --threads cores
 
 Compare times only as ratios within one run: the machine's speed drifts under shared load.
 """
@@ -64,7 +65,8 @@ def initial_parameters(x, k: int, cov: str):
     return dict(weights_init=gm.weights_, means_init=gm.means_, precisions_init=gm.precisions_)
 
 
-def fit_one(case: str, impl: str, iters: int, threads: int, compute_dtype: str, fits: int = 2) -> dict:
+def fit_one(case: str, impl: str, iters: int, threads: int, compute_dtype: str, device: str = "cpu",
+            fits: int = 2) -> dict:
     """Runs inside the subprocess: the faster of ``fits`` identical fits (the first one
     also pays one-time costs: library start-up, first touch of memory)."""
     import resource
@@ -86,13 +88,16 @@ def fit_one(case: str, impl: str, iters: int, threads: int, compute_dtype: str, 
             model = GaussianMixture(spec["k"], **kwargs)
         else:
             from dgmm_lab import GaussianMixture
-            model = GaussianMixture(spec["k"], compute_dtype=compute_dtype, batch_size=65536, **kwargs)
+            model = GaussianMixture(spec["k"], compute_dtype=compute_dtype, batch_size=65536, device=device,
+                                    **kwargs)
         seconds = math.inf
         for _ in range(fits):
             start = time.perf_counter()
             model.fit(x)
             seconds = min(seconds, time.perf_counter() - start)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if impl == "ours" and device.startswith("cuda"):  # the fitted attributes are host arrays: the fit has synchronised
+        rss = torch.cuda.max_memory_allocated() // 1024
     return dict(seconds=seconds, loglik=float(model.score(x)), peak_mb=rss / 1024,
                 extra_mb=(rss - rss_before) / 1024, n=x.shape[0], d=x.shape[1])
 
@@ -111,12 +116,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3,
                         help="rounds of (sklearn, ours f64, ours f32), each a fresh process; the fastest counts")
     parser.add_argument("--threads", type=int, nargs="+", default=[2])
+    parser.add_argument("--device", default="cpu", help="where ours runs (cpu, cuda); scikit-learn runs on the CPU")
     parser.add_argument("--child")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(fit_one(*json.loads(args.child))))
         return
-    print(f"EM, {args.iters} iterations from the same start, tol=0, fastest of {args.repeats} rounds x 2 fits\n")
+    print(f"EM, {args.iters} iterations from the same start, tol=0, fastest of {args.repeats} rounds x 2 fits; "
+          f"ours on {args.device}" + (" (its peak MB: GPU memory allocated)" if args.device != "cpu" else "") + "\n")
     print("| case | N x D, K | threads | sklearn s | ours f64 s | ours f32 s | speed-up f64 | speed-up f32 "
           "| loglik sklearn | diff f64 | diff f32 | peak MB sklearn / f64 / f32 |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -127,7 +134,7 @@ def main() -> None:
             for _ in range(args.repeats):
                 for name, impl, dtype in (("sk", "sklearn", "float64"), ("f64", "ours", "float64"),
                                           ("f32", "ours", "float32")):
-                    runs[name].append(run_in_subprocess(case, impl, args.iters, threads, dtype))
+                    runs[name].append(run_in_subprocess(case, impl, args.iters, threads, dtype, args.device))
             sk, f64, f32 = (min(runs[name], key=lambda r: r["seconds"]) for name in ("sk", "f64", "f32"))
             print(f"| {case} | {sk['n']} x {sk['d']}, {CASES[case]['k']} | {threads} "
                   f"| {sk['seconds']:.2f} | {f64['seconds']:.2f} | {f32['seconds']:.2f} "

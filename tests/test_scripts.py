@@ -33,3 +33,13 @@ def test_bench_deep_runs_seeds_in_parallel_and_reports_mean_and_spread(mnist_dir
     row = next(line for line in result.stdout.splitlines() if line.startswith("| em_gmm"))
     accuracy, spread = (float(v) for v in row.split("|")[2].split("+-"))
     assert 0.3 < accuracy < 1 and 0 <= spread < 0.2
+
+
+def test_bench_deep_passes_overrides_and_shows_a_failed_run(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_deep.py"), "--methods",
+                             "em_gmm (PCA-50, full)", "--seeds", "0", "--override", "k=0"],
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "DGMM_LAB_CACHE_DIR": str(tmp_path)})
+    assert result.returncode != 0
+    assert "em_gmm (PCA-50, full), seed 0 failed with exit code 2" in result.stderr
+    assert "dgmm_lab: error: k=0" in result.stderr  # the run's own one-line message
