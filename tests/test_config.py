@@ -23,6 +23,8 @@ from dgmm_lab.config import CONF_DIR, check_config
     (["data.shape=banana"], "data.shape='banana' is not one of gmm, moons, rings, spiral"),
     (["model=deep_gmm", "objective=mdn", "data=regression", "backbone=conv"], "backbone=conv expects 28x28 images"),
     (["data=array", "data.path=/nonexistent/x.npz"], "/nonexistent/x.npz"),
+    (["model=deep_gmm", "objective=vade", "backbone=mlp", "model.pretrain_reconstruction=l1"],
+     "model.pretrain_reconstruction='l1' is not one of likelihood, squared_error"),
 ])
 def test_bad_override_fails_with_one_line(args, expected, tmp_path):
     flags = [a for a in args if a.startswith("-")]

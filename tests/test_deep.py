@@ -130,3 +130,20 @@ def test_dagmm_evaluates_with_the_training_set_mixture_of_the_final_networks(tmp
         x_test = datamodule.tensors("test")[0]
         nll = -expected.log_prob(objective.features(x_test)[0].double()).mean()
     assert metrics["test/nll"] == pytest.approx(float(nll), rel=1e-4)
+
+
+def test_vade_pretraining_loss_is_the_likelihood_or_the_squared_error_of_the_mean(tmp_path):
+    torch.manual_seed(0)
+    x = torch.rand(6, 784)
+    for kind in ("likelihood", "squared_error"):
+        vade = OBJECTIVES["vade"](MLP((784,), 4, (32,)), 3, "diag", pretrain_reconstruction=kind)
+        logits = vade.backbone.decode(vade.encode(x)[0])
+        expected = (torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(1)
+                    if kind == "likelihood" else (torch.sigmoid(logits) - x).pow(2).sum(1)).mean()
+        torch.testing.assert_close(vade.pretrain_loss(x), expected)
+    # a sweep over the setting must not reuse the other setting's cached autoencoder
+    cache = tmp_path / "cache"
+    for kind in ("likelihood", "squared_error"):
+        train_in_process(["model=deep_gmm", "objective=vade", "backbone=mlp", "model.pretrain_epochs=1",
+                          f"model.pretrain_reconstruction={kind}", f"paths.cache_dir={cache}", *FAST], tmp_path / kind)
+    assert len(list((cache / "pretrain").glob("pretrain-*.pt"))) == 2

@@ -31,7 +31,8 @@ class DeepGMM(MixtureModule):
                  covariance_type: str = "full", lr: float = 1e-3, weight_decay: float = 0.0,
                  lr_schedule: str = "cosine", min_scale: float = 1e-3,
                  lambda_energy: float = 0.1, lambda_cov: float = 0.005, estimation_dropout: float = 0.5,
-                 likelihood: str = "bernoulli", decoder_std: float = 1.0, pretrain_epochs: int = 0, pretrain_lr: float = 1e-3,
+                 likelihood: str = "bernoulli", decoder_std: float = 1.0,
+                 pretrain_epochs: int = 0, pretrain_lr: float = 1e-3, pretrain_reconstruction: str = "likelihood",
                  pretrain_cache_dir: str | None = None, n_init: int = 1, target_dim: int | None = None,
                  init_max_samples: int = 20000, seed: int = 0):
         super().__init__()
@@ -39,7 +40,7 @@ class DeepGMM(MixtureModule):
         self.objective = OBJECTIVES[objective](
             backbone, n_components, covariance_type, min_scale=min_scale,
             lambda_energy=lambda_energy, lambda_cov=lambda_cov, dropout=estimation_dropout, likelihood=likelihood,
-            decoder_std=decoder_std, target_dim=target_dim)
+            decoder_std=decoder_std, pretrain_reconstruction=pretrain_reconstruction, target_dim=target_dim)
         self.conditional = getattr(self.objective, "conditional", False)
 
     @property
@@ -59,7 +60,7 @@ class DeepGMM(MixtureModule):
         key = repr((type(self.backbone).__name__, sorted(dm.hparams.items()) if hasattr(dm, "hparams") else None,
                     dm.n_train, self.backbone.out_dim, sum(p.numel() for p in self.backbone.parameters()),
                     self.hparams.pretrain_epochs, self.hparams.pretrain_lr, self.hparams.seed,
-                    self.hparams.likelihood, self.hparams.decoder_std))
+                    self.hparams.likelihood, self.hparams.decoder_std, self.hparams.pretrain_reconstruction))
         digest = hashlib.sha1(key.encode()).hexdigest()[:16]
         return Path(self.hparams.pretrain_cache_dir) / f"pretrain-{digest}.pt"
 
