@@ -80,7 +80,6 @@ def fit_one(case: str, impl: str, iters: int, threads: int, compute_dtype: str, 
     x = load(spec["data"])
     init = initial_parameters(x, spec["k"], spec["cov"])
     kwargs = dict(covariance_type=spec["cov"], max_iter=iters, tol=0.0, reg_covar=1e-4, **init)
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with threadpool_limits(threads), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if impl == "sklearn":
@@ -95,11 +94,11 @@ def fit_one(case: str, impl: str, iters: int, threads: int, compute_dtype: str, 
             start = time.perf_counter()
             model.fit(x)
             seconds = min(seconds, time.perf_counter() - start)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    if impl == "ours" and device.startswith("cuda"):  # the fitted attributes are host arrays: the fit has synchronised
-        rss = torch.cuda.max_memory_allocated() // 1024
-    return dict(seconds=seconds, loglik=float(model.score(x)), peak_mb=rss / 1024,
-                extra_mb=(rss - rss_before) / 1024, n=x.shape[0], d=x.shape[1])
+    if impl == "ours" and device.startswith("cuda"):
+        peak_mb = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return dict(seconds=seconds, loglik=float(model.score(x)), peak_mb=peak_mb, n=x.shape[0], d=x.shape[1])
 
 
 def run_in_subprocess(*args) -> dict:

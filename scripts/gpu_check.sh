@@ -6,7 +6,7 @@
 #
 # The GPU machine has torch, Lightning, scikit-learn and TensorBoard but no Hydra and no
 # network, so `bundle` copies the installed pure-Python hydra, omegaconf and antlr4 packages
-# from .venv and the MNIST files from $DGMM_LAB_DATA_DIR into .gpu/ (gitignored, ~16 MB).
+# from .venv and the MNIST files from $DGMM_LAB_DATA_DIR into .gpu/ (gitignored, 14 MB).
 # `run` writes its logs and tables to $OUT (the device tool's output folder) or gpu_check/.
 # Stages and sizes: STAGES="tests em deep", EM_CASES, DEEP_EPOCHS, DEEP_PRETRAIN, DEEP_SEEDS,
 # DEEP_OVERRIDES (default trainer=gpu).
