@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -53,7 +55,8 @@ class MNISTDataModule(TensorDataModule):
         from torchvision.datasets import MNIST
 
         try:
-            ds = MNIST(root=str(self._root()), train=train, download=self.download)
+            with _exclusive(self.cache_dir):
+                ds = MNIST(root=str(self._root()), train=train, download=self.download)
         except (RuntimeError, OSError) as err:
             raise FileNotFoundError(
                 f"MNIST not found and not downloadable ({err}); put the four files "
@@ -91,3 +94,18 @@ class MNISTDataModule(TensorDataModule):
     def pixel_scale(self) -> float:
         """Size of one grey level in the data's units (for dequantisation and bits/dim)."""
         return 1.0 / 255.0 / self.scale
+
+
+@contextmanager
+def _exclusive(folder: Path):
+    """One process at a time links and extracts the raw files: parallel jobs of a sweep
+    with a cold cache otherwise read each other's half-written files."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = open(folder / ".mnist.lock", "w")
+    except OSError:  # a read-only folder: nothing is written there, nothing to guard
+        yield
+        return
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
