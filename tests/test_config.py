@@ -25,6 +25,10 @@ from dgmm_lab.config import CONF_DIR, check_config
     (["data=array", "data.path=/nonexistent/x.npz"], "/nonexistent/x.npz"),
     (["model=deep_gmm", "objective=vade", "backbone=mlp", "model.pretrain_reconstruction=l1"],
      "model.pretrain_reconstruction='l1' is not one of likelihood, squared_error"),
+    (["model=deep_gmm", "objective=vade", "backbone=mlp", "data=mnist", "model.pretrain_shift=0.7"],
+     "model.pretrain_shift=0.7 is not allowed; allowed: 0 <= shift < 0.5"),
+    (["model=deep_gmm", "objective=vade", "backbone=mlp", "model.pretrain_rotation=10"],
+     "model.pretrain_rotation=10 rotates or shifts images, and data=SyntheticDataModule has none"),
 ])
 def test_bad_override_fails_with_one_line(args, expected, tmp_path):
     flags = [a for a in args if a.startswith("-")]

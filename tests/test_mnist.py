@@ -39,6 +39,19 @@ def test_image_backbones_fast_dev_run(backbone, objective, mnist_dir, tmp_path):
                      tmp_path)
 
 
+def test_vade_pretraining_on_rotated_and_shifted_digits_is_cached_apart(mnist_dir, tmp_path):
+    cache = tmp_path / "cache"
+    common = ["model=deep_gmm", "objective=vade", "backbone=mlp", "data=mnist", "data.flatten=true",
+              "data.limit_train=512", "data.limit_test=64", "k=10", "covariance=diag", "model.pretrain_epochs=1",
+              "trainer.max_epochs=1", "logger=csv", f"paths.cache_dir={cache}", *FAST]
+    plain = train_in_process(common, tmp_path / "plain")
+    augmented = train_in_process([*common, "model.pretrain_rotation=10", "model.pretrain_shift=0.1"],
+                                 tmp_path / "augmented")
+    assert len(list((cache / "pretrain").glob("pretrain-*.pt"))) == 2
+    # same seed, same data: only the augmentation differs, and it changes the autoencoder
+    assert augmented["start/nmi"] != plain["start/nmi"]
+
+
 @pytest.mark.slow
 def test_em_on_pca_features_clusters_mnist(mnist_dir, tmp_path):
     m = train_in_process(["experiment=em_mnist_pca", "data.limit_train=10000",

@@ -145,6 +145,10 @@ def check_against_data(cfg: DictConfig, datamodule) -> None:
         if wanted is not None and wanted != got:
             raise ConfigError(f"model.target_dim={wanted} does not match the data's {got} target "
                               f"dimension(s); allowed: {got} or null")
+    augment = [key for key in ("pretrain_rotation", "pretrain_shift") if cfg.model.get(key)]
+    if augment and getattr(datamodule, "image_shape", None) is None:
+        raise ConfigError(f"model.{augment[0]}={cfg.model[augment[0]]} rotates or shifts images, and "
+                          f"data={type(datamodule).__name__} has none; allowed: 0 for data without images")
     if cfg.k > n_train:
         raise ConfigError(f"k={cfg.k} is larger than the number of training samples "
                           f"({n_train}); allowed: 1..{n_train}")

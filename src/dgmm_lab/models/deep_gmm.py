@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..data.augment import random_affine
 from ..distributed import all_reduce_with_grad, sum_over_processes
 from ..nets.feature_extractor import FeatureExtractor
 from ..objectives import OBJECTIVES
@@ -33,9 +34,14 @@ class DeepGMM(MixtureModule):
                  lambda_energy: float = 0.1, lambda_cov: float = 0.005, estimation_dropout: float = 0.5,
                  likelihood: str = "bernoulli", decoder_std: float = 1.0,
                  pretrain_epochs: int = 0, pretrain_lr: float = 1e-3, pretrain_reconstruction: str = "likelihood",
-                 pretrain_cache_dir: str | None = None, n_init: int = 1, target_dim: int | None = None,
+                 pretrain_rotation: float = 0.0, pretrain_shift: float = 0.0, pretrain_cache_dir: str | None = None, n_init: int = 1, target_dim: int | None = None,
                  init_max_samples: int = 20000, seed: int = 0):
         super().__init__()
+        if not 0 <= pretrain_rotation <= 180:
+            raise ValueError(f"model.pretrain_rotation={pretrain_rotation!r} is not allowed; allowed: 0..180 (degrees)")
+        if not 0 <= pretrain_shift < 0.5:
+            raise ValueError(f"model.pretrain_shift={pretrain_shift!r} is not allowed; "
+                             "allowed: 0 <= shift < 0.5 (fraction of the image size)")
         self.save_hyperparameters(ignore=["backbone"], logger=False)
         self.objective = OBJECTIVES[objective](
             backbone, n_components, covariance_type, min_scale=min_scale,
@@ -60,13 +66,15 @@ class DeepGMM(MixtureModule):
         key = repr((type(self.backbone).__name__, sorted(dm.hparams.items()) if hasattr(dm, "hparams") else None,
                     dm.n_train, self.backbone.out_dim, sum(p.numel() for p in self.backbone.parameters()),
                     self.hparams.pretrain_epochs, self.hparams.pretrain_lr, self.hparams.seed,
-                    self.hparams.likelihood, self.hparams.decoder_std, self.hparams.pretrain_reconstruction))
+                    self.hparams.likelihood, self.hparams.decoder_std, self.hparams.pretrain_reconstruction,
+                    self.hparams.pretrain_rotation, self.hparams.pretrain_shift))
         digest = hashlib.sha1(key.encode()).hexdigest()[:16]
         return Path(self.hparams.pretrain_cache_dir) / f"pretrain-{digest}.pt"
 
     def _pretrain(self) -> None:
         """Autoencoder pre-training (reconstruction only), cached on disk by its settings so
-        a sweep over K or covariance type pre-trains once."""
+        a sweep over K or covariance type pre-trains once.  With ``pretrain_rotation`` or
+        ``pretrain_shift`` the autoencoder learns randomly rotated and shifted images (DEC-DA)."""
         cache = self._pretrain_cache()
         if cache is not None and cache.exists():
             state = torch.load(cache, map_location=self.device)
@@ -77,10 +85,11 @@ class DeepGMM(MixtureModule):
         params = [p for n, p in self.objective.named_parameters() if not n.startswith(_MIXTURE)]
         opt = torch.optim.Adam(params, lr=self.hparams.pretrain_lr)
         loader = self.trainer.datamodule.train_dataloader()
+        augment = self._pretrain_augmentation()
         for epoch in range(self.hparams.pretrain_epochs):
             total = 0.0
             for x, _ in loader:
-                loss = self.objective.pretrain_loss(x.to(self.device))
+                loss = self.objective.pretrain_loss(augment(x.to(self.device)))
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -91,6 +100,13 @@ class DeepGMM(MixtureModule):
             # the autoencoder only: the mixture is fitted afterwards, per K and covariance type
             state = {k: v for k, v in self.objective.state_dict().items() if not k.startswith(_MIXTURE)}
             torch.save(state, cache)
+
+    def _pretrain_augmentation(self):
+        rotation, shift = self.hparams.pretrain_rotation, self.hparams.pretrain_shift
+        if not rotation and not shift:
+            return lambda x: x
+        shape = self.trainer.datamodule.image_shape
+        return lambda x: random_affine(x, shape, rotation, shift)
 
     # ------------------------------------------------------------------ training
     def configure_optimizers(self):
