@@ -5,8 +5,8 @@ metrics.json and prints accuracy (Hungarian-matched), NMI and ARI as mean +- std
 wall time of each method.  Published anchors: k-means ~53%, DEC 84-86%, IDEC 88%, VaDE 94.5%
 (best run, full MNIST, 300 epochs on a GPU).
 
-    DGMM_LAB_DATA_DIR=../shared/data python scripts/bench_deep.py --seeds 0 1 2
-    python scripts/bench_deep.py --limit-train 10000 --epochs 20   # a CPU-sized version
+    DGMM_LAB_DATA_DIR=../shared/data python scripts/bench_deep.py --seeds 0 1 2  # the presets as they are
+    python scripts/bench_deep.py --limit-train 10000 --epochs 10 --pretrain-epochs 10  # CPU-sized
     python scripts/bench_deep.py --epochs 300 --override trainer=gpu  # extra overrides for every run
 """
 
@@ -34,7 +34,10 @@ METHODS = {
 def train(method: str, seed: int, args, out_root: Path) -> tuple[dict, float]:
     """One ``python -m dgmm_lab.train`` run; returns its metrics.json and wall seconds."""
     run_dir = out_root / f"{method.split()[0]}_{seed}"
-    overrides = [o.format(epochs=args.epochs, pre=args.pretrain_epochs) for o in METHODS[method]]
+    # an epoch setting left out keeps the preset's (or the trainer's) value
+    given = {"{epochs}": args.epochs, "{pre}": args.pretrain_epochs}
+    overrides = [o.format(epochs=args.epochs, pre=args.pretrain_epochs) for o in METHODS[method]
+                 if not any(mark in o and value is None for mark, value in given.items())]
     overrides += ["data=mnist", "k=10", f"seed={seed}", "trainer.enable_progress_bar=false",
                   f"num_threads={args.threads}", f"hydra.run.dir={run_dir}"]
     if args.limit_train:
@@ -57,8 +60,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--limit-train", type=int, default=None)
-    parser.add_argument("--epochs", type=int, default=50)
-    parser.add_argument("--pretrain-epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: the preset's)")
+    parser.add_argument("--pretrain-epochs", type=int, default=None,
+                        help="VaDE pre-training epochs (default: the preset's)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (each with --threads)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
@@ -79,8 +83,9 @@ def main() -> None:
             cells.append(f"{statistics.mean(values):.3f} +- {spread:.3f}")
         rows.append((method, *cells, f"{seconds:.0f}"))
     extra = f", overrides {' '.join(args.override)}" if args.override else ""
+    epochs, pre = ("preset" if n is None else n for n in (args.epochs, args.pretrain_epochs))
     print(f"MNIST clustering, K=10, seeds {args.seeds}, limit_train={args.limit_train}, "
-          f"epochs={args.epochs}, pre-training epochs={args.pretrain_epochs}, {args.jobs} run(s) at a time "
+          f"epochs={epochs}, pre-training epochs={pre}, {args.jobs} run(s) at a time "
           f"with {args.threads} thread(s) each{extra}\n")
     print("| method | accuracy | NMI | ARI | seconds per run |\n|---|---|---|---|---|")
     for row in rows:
