@@ -147,3 +147,44 @@ def test_vade_pretraining_loss_is_the_likelihood_or_the_squared_error_of_the_mea
         train_in_process(["model=deep_gmm", "objective=vade", "backbone=mlp", "model.pretrain_epochs=1",
                           f"model.pretrain_reconstruction={kind}", f"paths.cache_dir={cache}", *FAST], tmp_path / kind)
     assert len(list((cache / "pretrain").glob("pretrain-*.pt"))) == 2
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "tied", "diag", "spherical"])
+def test_floor_variances_raises_only_the_small_eigenvalues(covariance_type):
+    from dgmm_lab.objectives.vade import floor_variances
+    torch.manual_seed(0)
+    q = torch.linalg.qr(torch.randn(2, 4, 4, dtype=torch.float64))[0]
+    values = torch.tensor([[1e-5, 0.5, 1.0, 2.0], [0.3, 0.4, 1.0, 3.0]], dtype=torch.float64)
+    full = q @ torch.diag_embed(values) @ q.transpose(-1, -2)
+    given = {"full": full, "tied": full[0], "diag": values, "spherical": values[:, 0]}[covariance_type]
+    floored, raised = floor_variances(given, covariance_type, 0.1)
+    assert raised == 1 and floored.shape == given.shape
+    if covariance_type in ("full", "tied"):
+        new_values, new_vectors = torch.linalg.eigh(floored)
+        torch.testing.assert_close(new_values.flatten()[:4], torch.tensor([0.1, 0.5, 1.0, 2.0], dtype=torch.float64))
+        # the eigenvector of the raised eigenvalue is kept (up to sign)
+        assert abs(float(new_vectors.reshape(-1, 4, 4)[0, :, 0] @ q[0, :, 0])) == pytest.approx(1.0)
+        if covariance_type == "full":
+            torch.testing.assert_close(floored[1], full[1])  # nothing below the floor: unchanged
+    else:
+        assert float(floored.min()) == 0.1 and torch.equal(floored.flatten()[1:], given.flatten()[1:])
+    unchanged, none = floor_variances(given, covariance_type, 1e-6)
+    assert none == 0 and torch.equal(unchanged, given)
+
+
+def test_vade_start_prior_is_not_narrower_than_a_tenth_of_the_posterior_variance(caplog):
+    torch.manual_seed(0)
+    vade = OBJECTIVES["vade"](MLP((6,), 3, (16,)), 2, "full")
+    with torch.no_grad():  # one code direction that does not vary: EM finds a variance near 0
+        vade.backbone.head.weight[2].zero_()
+    x = torch.cat([torch.randn(200, 6) - 2, torch.randn(200, 6) + 2])
+    vade.initialize(x, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        floor = 0.1 * float(vade.encode(x)[1].exp().mean())
+    eigenvalues = vade.mixture().covariance_eigenvalues()
+    assert float(eigenvalues.min()) == pytest.approx(floor, rel=1e-4)
+    assert "were raised" in caplog.text
+    caplog.clear()
+    healthy = OBJECTIVES["vade"](MLP((6,), 3, (16,)), 2, "full")
+    healthy.initialize(x, torch.Generator().manual_seed(0))
+    assert float(healthy.mixture().covariance_eigenvalues().min()) > floor and "raised" not in caplog.text

@@ -68,6 +68,19 @@ def test_vade_clusters_mnist_well_above_chance(mnist_dir, tmp_path):
     assert m["test/acc"] > 0.45
 
 
+@pytest.mark.slow
+def test_vade_preset_on_briefly_pretrained_codes_does_not_collapse(mnist_dir, tmp_path, caplog):
+    # 10 pre-training epochs on 10k images leave code directions that hardly vary; with the
+    # EM fit's variances there (1e-4) the first epoch put every code into one component
+    # (test accuracy 0.11-0.21 from starts of 0.43-0.47, three seeds)
+    m = train_in_process(["experiment=vade_mnist", "data.limit_train=10000", "model.pretrain_epochs=10",
+                          "trainer.max_epochs=1", f"paths.cache_dir={tmp_path}",
+                          "trainer.enable_progress_bar=false"], tmp_path)
+    assert m["start/acc"] > 0.35 and m["test/acc"] > 0.3
+    assert m["train/min_covariance_eigenvalue"] > 5e-4
+    assert "were raised" in caplog.text
+
+
 def test_flow_reports_bits_per_dim_on_dequantised_pixels(mnist_dir, tmp_path):
     m = train_in_process(["model=deep_gmm", "data=mnist", "backbone=flow", "objective=nll", "backbone.dequantize=true",
                           "backbone.n_layers=2", "data.limit_train=512", "data.limit_test=256", "k=2",

@@ -93,7 +93,7 @@ class DeepGMM(MixtureModule):
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                total += float(loss)
+                total += float(loss.detach())
             log.info("pre-training epoch %d: reconstruction %.4f", epoch, total / len(loader))
         if cache is not None and self.global_rank == 0:
             cache.parent.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ Training starts from a pre-trained autoencoder and the project's EM-GMM fitted o
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -22,7 +23,15 @@ from ..mixture.estimator import GaussianMixture
 from ..nets.feature_extractor import FeatureExtractor
 from ..nets.parameter_generator import GlobalParameters, precision_diagonal
 
+log = logging.getLogger(__name__)
 LIKELIHOODS = ("bernoulli", "gaussian")
+# A prior variance far below the encoder's posterior variance makes the sampled codes' noise
+# dominate that direction, and the first gradient steps collapse every code into one
+# component (MNIST, 10k images, 10 pre-training epochs: variances of 1e-4 against a posterior
+# variance of 0.018, accuracy 0.47 at the start and 0.11 after one epoch).  A tenth of the
+# posterior variance prevents it and leaves the fits on well-trained codes unchanged (all of
+# MNIST: smallest variances 0.0065-0.018); docs/benchmarks.md.
+PRIOR_VARIANCE_FLOOR = 0.1
 PRETRAIN_RECONSTRUCTIONS = ("likelihood", "squared_error")
 
 
@@ -95,14 +104,22 @@ class VaDEObjective(nn.Module):
 
     @torch.no_grad()
     def initialize(self, x: Tensor, generator: torch.Generator, n_init: int = 1, **_) -> None:
-        """Fit the project's EM-GMM on the pre-trained codes; start the prior there."""
-        codes = self.encode(x)[0].double()
+        """Fit the project's EM-GMM on the pre-trained codes; start the prior there, its
+        variances no smaller than a tenth of the encoder's mean posterior variance."""
+        codes, log_var = self.encode(x)
         gen = self.parameter_generator
         gm = GaussianMixture(gen.means.shape[0], covariance_type=gen.covariance_type,
                              n_init=n_init, reg_covar=1e-4, max_iter=200,
                              random_state=int(torch.randint(2**31, (1,), generator=generator)))
-        gm.fit(codes.cpu().numpy())
-        gen.set_from(*(torch.as_tensor(a) for a in (gm.weights_, gm.means_, gm.covariances_)))
+        gm.fit(codes.double().cpu().numpy())
+        floor = PRIOR_VARIANCE_FLOOR * float(log_var.exp().mean())
+        covariances, raised = floor_variances(torch.as_tensor(gm.covariances_), gen.covariance_type, floor)
+        if raised:
+            log.warning("VaDE start: %d variance(s) of the EM fit on the pre-trained codes were below %.3g "
+                        "(a tenth of the encoder's posterior variance) and were raised to it: the codes "
+                        "hardly vary in those directions, and a prior that narrow collapses in the first "
+                        "steps; longer pre-training gives codes that need no floor", raised, floor)
+        gen.set_from(torch.as_tensor(gm.weights_), torch.as_tensor(gm.means_), covariances)
 
     def embed(self, x: Tensor) -> Tensor:
         return self.encode(x)[0]
@@ -110,3 +127,18 @@ class VaDEObjective(nn.Module):
     def decode(self, z: Tensor) -> Tensor:
         out = self.backbone.decode(z)
         return torch.sigmoid(out) if self.likelihood == "bernoulli" else out
+
+
+def floor_variances(covariances: Tensor, covariance_type: str, floor: float) -> tuple[Tensor, int]:
+    """Raise every eigenvalue of the covariances below ``floor`` to it, eigenvectors kept.
+
+    covariances: scikit-learn's shapes, (K, D, D) full, (D, D) tied, (K, D) diag, (K,)
+    spherical; returns the same shape and how many eigenvalues were raised.
+    """
+    if covariance_type in ("diag", "spherical"):
+        return covariances.clamp_min(floor), int((covariances < floor).sum())
+    values, vectors = torch.linalg.eigh(covariances)
+    raised = int((values < floor).sum())
+    if not raised:
+        return covariances, 0
+    return (vectors * values.clamp_min(floor).unsqueeze(-2)) @ vectors.transpose(-1, -2), raised
