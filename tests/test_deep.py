@@ -149,6 +149,17 @@ def test_vade_pretraining_loss_is_the_likelihood_or_the_squared_error_of_the_mea
     assert len(list((cache / "pretrain").glob("pretrain-*.pt"))) == 2
 
 
+def test_a_run_that_loads_the_cached_pretraining_equals_the_run_that_wrote_it(tmp_path):
+    cache = tmp_path / "cache"
+    args = ["model=deep_gmm", "objective=vade", "backbone=mlp", "model.pretrain_epochs=2",
+            "trainer.max_epochs=2", f"paths.cache_dir={cache}", *FAST]
+    fresh = train_in_process(args, tmp_path / "fresh")
+    cached = train_in_process(args, tmp_path / "cached")
+    assert len(list((cache / "pretrain").glob("pretrain-*.pt"))) == 1
+    timing = {k for k in fresh if "seconds" in k or "time" in k}
+    assert {k: v for k, v in cached.items() if k not in timing} == {k: v for k, v in fresh.items() if k not in timing}
+
+
 @pytest.mark.parametrize("covariance_type", ["full", "tied", "diag", "spherical"])
 def test_floor_variances_raises_only_the_small_eigenvalues(covariance_type):
     from dgmm_lab.objectives.vade import floor_variances

@@ -56,7 +56,11 @@ class DeepGMM(MixtureModule):
     # ------------------------------------------------------------------ start values
     def initialize(self, x: Tensor, generator: torch.Generator) -> None:
         if self.hparams.pretrain_epochs > 0 and hasattr(self.objective, "pretrain_loss"):
-            self._pretrain()
+            # pre-training draws from the global generators only when it is not cached: fork
+            # them, so a run that loads the cache continues exactly as the one that wrote it
+            cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=cuda):
+                self._pretrain()
         self.objective.initialize(x, generator, n_init=self.hparams.n_init)
 
     def _pretrain_cache(self) -> Path | None:
