@@ -34,7 +34,8 @@ class DeepGMM(MixtureModule):
                  lambda_energy: float = 0.1, lambda_cov: float = 0.005, estimation_dropout: float = 0.5,
                  likelihood: str = "bernoulli", decoder_std: float = 1.0,
                  pretrain_epochs: int = 0, pretrain_lr: float = 1e-3, pretrain_reconstruction: str = "likelihood",
-                 pretrain_rotation: float = 0.0, pretrain_shift: float = 0.0, pretrain_cache_dir: str | None = None, n_init: int = 1, target_dim: int | None = None,
+                 pretrain_rotation: float = 0.0, pretrain_shift: float = 0.0,
+                 pretrain_cache_dir: str | None = None, n_init: int = 1, target_dim: int | None = None,
                  init_max_samples: int = 20000, seed: int = 0):
         super().__init__()
         if not 0 <= pretrain_rotation <= 180:
