@@ -35,9 +35,9 @@ def train(method: str, seed: int, args, out_root: Path) -> tuple[dict, float]:
     """One ``python -m dgmm_lab.train`` run; returns its metrics.json and wall seconds."""
     run_dir = out_root / f"{method.split()[0]}_{seed}"
     # an epoch setting left out keeps the preset's (or the trainer's) value
-    given = {"{epochs}": args.epochs, "{pre}": args.pretrain_epochs}
-    overrides = [o.format(epochs=args.epochs, pre=args.pretrain_epochs) for o in METHODS[method]
-                 if not any(mark in o and value is None for mark, value in given.items())]
+    settings = {"epochs": args.epochs, "pre": args.pretrain_epochs}
+    overrides = [o.format(**settings) for o in METHODS[method]
+                 if not any(value is None and f"{{{name}}}" in o for name, value in settings.items())]
     overrides += ["data=mnist", "k=10", f"seed={seed}", "trainer.enable_progress_bar=false",
                   f"num_threads={args.threads}", f"hydra.run.dir={run_dir}"]
     if args.limit_train:
