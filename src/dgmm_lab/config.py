@@ -6,6 +6,7 @@ A user mistake ends in one line naming the key, the bad value and the allowed va
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -35,6 +36,9 @@ def _ensure_dir(path: str) -> str:
 
 # the Slurm launcher asks for as many GPUs per node as the trainer uses
 OmegaConf.register_new_resolver("gpus_per_node", _gpus_per_node, replace=True)
+# paths.root_dir: the user's working directory. Hydra's ${hydra:runtime.cwd} is not set yet
+# when a sweeper resolves hydra.sweep.dir (every local -m sweep crashed on it), this is
+OmegaConf.register_new_resolver("cwd", os.getcwd, replace=True)
 # the Optuna sweeper opens its sqlite file before Hydra has made the sweep directory
 OmegaConf.register_new_resolver("ensure_dir", _ensure_dir, replace=True)
 
