@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 import matplotlib.pyplot as plt
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from . import viz
+
+log = logging.getLogger(__name__)
 
 
 class MixturePictures(pl.Callback):
@@ -117,3 +121,16 @@ class MixturePictures(pl.Callback):
         codes = model.objective.sample(x.to(model.device), n_draws, g)                   # (N, S, D)
         grid = viz.completion_grid(x, datamodule.decode_target(y), datamodule.decode_target(codes.cpu()))
         writer.add_image("images/completions", grid, step)
+
+
+class EMProgress(pl.Callback):
+    """One log line per EM iteration (the iteration is the epoch; a bar over its batches says little)."""
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:  # after the M-step and validation
+        if not trainer.is_global_zero:
+            return
+        m = pl_module.exact_metrics
+        if "train/log_likelihood" in m:
+            log.info("EM iteration %d: train log-likelihood %.6f per sample (change %.3g), val/nll %.6f",
+                     int(pl_module.n_iter), m["train/log_likelihood"], m.get("train/log_likelihood_change", 0.0),
+                     m.get("val/nll", float("nan")))

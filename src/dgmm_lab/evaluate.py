@@ -1,8 +1,9 @@
 """``python -m dgmm_lab.evaluate ckpt_path=RUN/checkpoints/last.ckpt [overrides]``
 
-Rebuilds the model from the run's saved ``config.yaml``, loads the checkpoint, evaluates on
-the test split, prints a table and writes ``metrics.json`` (next to the run, under
-``eval/``, or into ``output_dir=...``).  Overrides are dotted keys of the saved config
+Rebuilds the model from the resolved config the checkpoint carries (or, for checkpoints
+from before it did, the run's ``config.yaml`` two levels up), loads the checkpoint,
+evaluates on the test split, prints a table and writes ``metrics.json`` (next to the run,
+under ``eval/``, or into ``output_dir=...``).  Overrides are dotted keys of the saved config
 (``data.limit_test=1000``) or a data group (``data=mnist``).
 """
 
@@ -19,13 +20,21 @@ from omegaconf import DictConfig, OmegaConf
 from .config import CONF_DIR, ConfigError, report_and_exit
 
 
-def load_run_config(ckpt: Path, overrides: list[str]) -> DictConfig:
-    run_dir = ckpt.resolve().parent.parent
-    saved = run_dir / "config.yaml"
-    if not saved.exists():
-        raise ConfigError(f"ckpt_path={str(ckpt)!r} has no config.yaml two levels up ({saved}); "
-                          "expected RUN_DIR/checkpoints/NAME.ckpt from dgmm_lab.train")
-    cfg = OmegaConf.load(saved)
+USAGE = ("usage: python -m dgmm_lab.evaluate ckpt_path=CHECKPOINT [output_dir=DIR] [key=value ...]\n"
+         "  CHECKPOINT  a .ckpt written by dgmm_lab.train (it carries its run's config)\n"
+         "  DIR         where metrics.json goes (default: RUN_DIR/eval/<time>/)\n"
+         "  key=value   a dotted key of the run's config (data.limit_test=1000) or data=GROUP")
+
+
+def load_run_config(ckpt: Path, overrides: list[str], content: dict | None = None) -> DictConfig:
+    saved = ckpt.resolve().parent.parent / "config.yaml"
+    if content is not None and content.get("dgmm_lab_config"):
+        cfg = OmegaConf.create(content["dgmm_lab_config"])
+    elif saved.exists():
+        cfg = OmegaConf.load(saved)
+    else:
+        raise ConfigError(f"ckpt_path={str(ckpt)!r} carries no config (written before checkpoints did) and has "
+                          f"no config.yaml two levels up ({saved}); keep it in RUN_DIR/checkpoints/")
     if cfg.model.get("init_from"):
         cfg.model.init_from = None  # the checkpoint holds the trained values; start values are moot
     for item in overrides:
@@ -46,19 +55,21 @@ def evaluate(ckpt: Path, overrides: list[str], output_dir: Path | None = None) -
     import pytorch_lightning as pl
     import torch
 
+    from .lifecycle import check_checkpoint
     from .train import build
 
-    cfg = load_run_config(ckpt, overrides)
+    content = check_checkpoint(ckpt, "ckpt_path")
+    cfg = load_run_config(ckpt, overrides, content)
     torch.set_num_threads(cfg.num_threads)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule, model = build(cfg)
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
-    model.load_state_dict(state)
+    model.load_state_dict(content["state_dict"])
     trainer = pl.Trainer(accelerator=cfg.trainer.get("accelerator", "cpu"), devices=1, logger=False,
                          enable_progress_bar=False, enable_model_summary=False)
     trainer.test(model, datamodule=datamodule, verbose=False)
     metrics = {k: v for k, v in model.exact_metrics.items() if k.startswith("test/")}
-    out = output_dir or ckpt.resolve().parent.parent / "eval" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    run_dir = ckpt.resolve().parent.parent if ckpt.resolve().parent.name == "checkpoints" else ckpt.resolve().parent
+    out = output_dir or run_dir / "eval" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(dict(sorted(metrics.items())), indent=2))
     OmegaConf.save(cfg, out / "config.yaml")
@@ -72,16 +83,17 @@ def evaluate(ckpt: Path, overrides: list[str], output_dir: Path | None = None) -
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(USAGE)
+        return
     try:
         args = dict(a.split("=", 1) for a in argv if a.startswith(("ckpt_path=", "output_dir=")))
         rest = [a for a in argv if not a.startswith(("ckpt_path=", "output_dir="))]
         bad = [a for a in rest if "=" not in a]
         if bad:
-            raise ConfigError(f"argument {bad[0]!r} is not key=value; usage: python -m "
-                              "dgmm_lab.evaluate ckpt_path=RUN/checkpoints/last.ckpt [key=value ...]")
+            raise ConfigError(f"argument {bad[0]!r} is not key=value; {USAGE.splitlines()[0]}")
         if not args.get("ckpt_path"):
-            raise ConfigError("ckpt_path is required; usage: python -m dgmm_lab.evaluate "
-                              "ckpt_path=RUN/checkpoints/last.ckpt [key=value ...]")
+            raise ConfigError(f"ckpt_path is required; {USAGE.splitlines()[0]}")
         ckpt = Path(args["ckpt_path"])
         if not ckpt.is_file():
             raise ConfigError(f"ckpt_path={str(ckpt)!r} does not exist")

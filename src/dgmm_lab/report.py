@@ -1,9 +1,11 @@
 """``python -m dgmm_lab.report SWEEP_DIR``: one table and a few plots for a whole sweep.
 
 Reads every job directory (one with ``.hydra/overrides.yaml``) under SWEEP_DIR: its swept
-overrides and ``metrics.json``.  Writes ``report.md`` (best value per metric in bold),
-``report.csv`` and ``<metric>.png`` (metric against k, one line per covariance type, one
-panel per model/backbone).  Jobs without ``metrics.json`` are listed as failed or running.
+overrides, ``metrics.json`` and ``status.json``.  Writes ``report.md`` (best value per metric
+in bold), ``report.csv`` and ``<metric>.png`` (metric against k, one line per covariance type,
+one panel per model/backbone).  Jobs that did not finish are listed with what became of them:
+failed (the error's last line), interrupted (the signal and the last checkpoint's epoch),
+running, or killed (gone without a word, e.g. SIGKILL).
 """
 
 from __future__ import annotations
@@ -27,16 +29,38 @@ def read_jobs(sweep_dir: Path) -> list[dict]:
         params = dict(o.split("=", 1) for o in overrides if "=" in o)
         metrics_file = job_dir / "metrics.json"
         metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
-        error_file = job_dir / "error.txt"
-        if metrics:
-            status = "done"
-        elif error_file.exists():
-            status = "failed: " + error_file.read_text().strip().splitlines()[-1][:80].replace("|", "/")
-        else:
-            status = "running (or killed)"
         jobs.append({"job": str(job_dir.relative_to(sweep_dir)) or ".", "params": params,
-                     "status": status, "metrics": metrics})
+                     "status": job_status(job_dir, metrics), "metrics": metrics})
     return jobs
+
+
+def job_status(job_dir: Path, metrics: dict) -> str:
+    from .lifecycle import lock_owner_alive, read_status
+
+    state = read_status(job_dir)
+    error_file = job_dir / "error.txt"
+    if state.get("state") == "finished" and metrics:
+        return "done"
+    if error_file.exists() or state.get("state") == "failed":
+        text = error_file.read_text().strip() if error_file.exists() else state.get("error", "")
+        return "failed: " + (text.splitlines() or ["?"])[-1][:80].replace("|", "/")
+    if state.get("state") == "interrupted":
+        epoch = state.get("last_checkpoint_epoch")
+        return f"interrupted ({state.get('signal')}; " + ("no checkpoint)" if epoch is None else f"last.ckpt of epoch {epoch})")
+    if metrics:
+        return "done"
+    if state.get("state") == "running" and not lock_owner_alive(job_dir):
+        return "killed (its process is gone)"
+    return "running" if state else "not started"
+
+
+def unfinished_counts(jobs: list[dict]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for j in jobs:
+        if j["status"] != "done":
+            word = j["status"].split(" ")[0].rstrip(":")
+            counts[word] = counts.get(word, 0) + 1
+    return counts
 
 
 def swept_keys(jobs: list[dict]) -> list[str]:
@@ -65,7 +89,8 @@ def write_report(sweep_dir: Path) -> Path:
     best = best_values(jobs, metrics)
 
     lines = [f"# Sweep report: {sweep_dir.name}", "",
-             f"{sum(j['status'] == 'done' for j in jobs)} of {len(jobs)} jobs finished. "
+             f"{sum(j['status'] == 'done' for j in jobs)} of {len(jobs)} jobs finished"
+             + "".join(f", {n} {s}" for s, n in unfinished_counts(jobs).items()) + ". "
              "Best value per metric in bold (lowest for nll/bic, highest for acc/nmi/ari).", "",
              "| " + " | ".join([*keys, "status", *metrics]) + " |",
              "|" + "---|" * (len(keys) + 1 + len(metrics))]
@@ -116,6 +141,11 @@ def plot_metrics(jobs: list[dict], metrics: list[str], out_dir: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print("usage: python -m dgmm_lab.report SWEEP_DIR\n"
+              "  SWEEP_DIR  a sweep's directory (outputs/train/multiruns/<time>); writes report.md,\n"
+              "             report.csv and <metric>.png there and prints the table")
+        return
     if len(argv) != 1 or not Path(argv[0]).is_dir():
         raise SystemExit("dgmm_lab: error: usage: python -m dgmm_lab.report SWEEP_DIR "
                          f"(got {' '.join(argv) or 'nothing'})")

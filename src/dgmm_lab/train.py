@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import signal
 import sys
 import traceback
 from contextlib import contextmanager
@@ -24,7 +25,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 
+from .callbacks import EMProgress
 from .config import CONF_DIR, ConfigError, check_against_data, check_config, check_overrides, report_and_exit
+from .console import quiet_lightning, summary
+from .lifecycle import (Interrupted, RunLock, SignalGuard, archive_previous_results, check_checkpoint,
+                        checkpoint_epoch, global_rank_from_env, read_status, write_json_atomically, write_status)
+from .models.em_gmm import EMGMM
 
 log = logging.getLogger(__name__)
 
@@ -92,24 +98,85 @@ def log_final(trainer: pl.Trainer, params: dict, metrics: dict[str, float]) -> N
 
 
 def run(cfg: DictConfig) -> float | None:
+    """One job: refuses a finished or busy run dir, trains, tests, writes metrics.json."""
     check_config(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    finished = finished_run(cfg, output_dir)
+    if finished is not None:
+        return finished.get(cfg.optimized_metric)
+    lock = RunLock(output_dir)
+    is_rank_zero = global_rank_from_env() == 0
+    try:
+        if is_rank_zero:
+            lock.acquire()
+            if not cfg.get("resume", True):
+                archive_previous_results(output_dir)
+        ckpt_path = resume_checkpoint(cfg, output_dir)
+        if is_rank_zero:
+            write_status(output_dir, "running")
+        with SignalGuard() as guard:
+            try:
+                metrics = fit_and_test(cfg, output_dir, ckpt_path, guard)
+            except Interrupted as stop:
+                if is_rank_zero:
+                    record_interruption(output_dir, stop.signum, guard)
+                raise
+            except ConfigError:
+                raise
+            except Exception as err:
+                if is_rank_zero:
+                    write_status(output_dir, "failed", error=f"{type(err).__name__}: {err}"[:500])
+                raise
+        return metrics.get(cfg.optimized_metric)
+    finally:
+        lock.release()
+
+
+def finished_run(cfg: DictConfig, output_dir: Path) -> dict | None:
+    """The metrics of a finished run in output_dir, which is not trained again (one line says
+    so); None when there is something to train."""
+    if cfg.get("ckpt_path") is not None or not cfg.get("resume", True):
+        return None
+    if read_status(output_dir).get("state") != "finished":
+        return None
+    print(f"dgmm_lab: {output_dir} holds a finished run (status.json, metrics.json); nothing was retrained. "
+          "To train again: resume=false (moves its results to replaced-<time>/) or another hydra.run.dir",
+          file=sys.stderr)
+    metrics_file = output_dir / "metrics.json"
+    return json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+
+
+def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
+    """ckpt_path=..., else the run dir's last.ckpt when resuming; checked before it is trusted."""
+    if cfg.get("ckpt_path") is not None:
+        check_checkpoint(Path(cfg.ckpt_path), "ckpt_path")
+        return str(cfg.ckpt_path)
+    last = output_dir / "checkpoints" / "last.ckpt"
+    if not cfg.get("resume", True) or not last.exists():
+        return None
+    check_checkpoint(last, "resume", remedy="run with resume=false to start afresh, or delete it")
+    log.info("resuming from %s", last)
+    return str(last)
+
+
+def fit_and_test(cfg: DictConfig, output_dir: Path, ckpt_path: str | None, guard: SignalGuard) -> dict[str, float]:
     torch.set_num_threads(cfg.num_threads)
     pl.seed_everything(cfg.seed, workers=True)
-    output_dir = Path(cfg.paths.output_dir)
     datamodule, model = build(cfg)
+    is_em = isinstance(model, EMGMM)
     loggers = [instantiate(c) for c in cfg.get("logger", {}).values()]
-    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()]
-    trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()] + ([EMProgress()] if is_em else [])
+    # EM: one line per iteration instead of a progress bar over one iteration's batches
+    trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
+                                      **({"enable_progress_bar": False, "enable_model_summary": False} if is_em else {}))
     if trainer.is_global_zero:
         output_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+    model.run_config = OmegaConf.to_container(cfg, resolve=True)  # checkpoints are self-contained
 
-    ckpt_path = cfg.get("ckpt_path")
-    last = output_dir / "checkpoints" / "last.ckpt"
-    if ckpt_path is None and cfg.get("resume", True) and last.exists():
-        log.info("resuming from %s", last)
-        ckpt_path = str(last)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    with lightning_stops(guard):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    stopped = em_stop_reason(model, trainer) if is_em else None  # before testing loads another checkpoint
     if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.dirpath:
         # last.ckpt = the final state, also when the last epoch's save was skipped (the
         # checkpoint callback saves per validation; EM may converge in between)
@@ -123,7 +190,8 @@ def run(cfg: DictConfig) -> float | None:
         # decide a comparison); test_ckpt=last tests the final weights instead
         use_best = cfg.get("test_ckpt", "best") == "best" and best
         log.info("testing %s", best if use_best else "the final weights")
-        trainer.test(model, datamodule=datamodule, verbose=False, ckpt_path=best if use_best else None)
+        with lightning_stops(guard):
+            trainer.test(model, datamodule=datamodule, verbose=False, ckpt_path=best if use_best else None)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
     metrics.update(getattr(model, "exact_metrics", {}))
     if hasattr(model, "final_metrics"):
@@ -132,11 +200,48 @@ def run(cfg: DictConfig) -> float | None:
     if bad:
         log.warning("non-finite final metrics: %s", ", ".join(bad))
     if trainer.is_global_zero:
-        (output_dir / "metrics.json").write_text(json.dumps(dict(sorted(metrics.items())), indent=2))
+        write_json_atomically(output_dir / "metrics.json", dict(sorted(metrics.items())))
         log_final(trainer, hparams_of(cfg), metrics)
-        log.info("metrics: %s", json.dumps(metrics))
-        log.info("best checkpoint: %s; output: %s", best, output_dir)
-    return metrics.get(cfg.optimized_metric)
+        write_status(output_dir, "finished", epochs=trainer.current_epoch)
+        sweep_dir = output_dir.parent if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN else None
+        print(summary(metrics, output_dir, sweep_dir, stopped))
+    return metrics
+
+
+@contextmanager
+def lightning_stops(guard: SignalGuard):
+    """Lightning turns SIGTERM and Ctrl-C inside fit/test into SystemExit (code 0 for
+    SIGTERM, 1 for Ctrl-C): make them :class:`Interrupted` with the shell's 143/130."""
+    guard.in_fit = True
+    try:
+        yield
+    except SystemExit:
+        if guard.received is not None:
+            raise Interrupted(guard.received) from None
+        raise
+    finally:
+        guard.in_fit = False
+
+
+def record_interruption(output_dir: Path, signum: int, guard: SignalGuard) -> None:
+    last = output_dir / "checkpoints" / "last.ckpt"
+    epoch = checkpoint_epoch(last)
+    write_status(output_dir, "interrupted", signal=signal.Signals(signum).name,
+                 last_checkpoint=str(last) if last.exists() else None, last_checkpoint_epoch=epoch)
+    where = f"checkpoints/last.ckpt is of epoch {epoch}" if epoch is not None else "no checkpoint was written yet"
+    print(f"dgmm_lab: interrupted by {signal.Signals(signum).name}; {where}; run the same command "
+          f"again to resume ({output_dir})", file=sys.stderr)
+
+
+def em_stop_reason(model, trainer: pl.Trainer) -> str:
+    n, tol = int(model.n_iter), model.hparams.tol
+    change = model.exact_metrics.get("train/log_likelihood_change", float("nan"))
+    if abs(change) < tol:
+        return f"EM converged after {n} iteration{'s' * (n != 1)} (log-likelihood change {change:.3g} < model.tol={tol:g})"
+    if n >= model.hparams.max_iter:
+        return f"EM stopped at model.max_iter={n} before converging (last change {change:.3g}, model.tol={tol:g})"
+    return (f"EM stopped at trainer.max_epochs={trainer.max_epochs} after {n} iterations before converging "
+            f"(last change {change:.3g}, model.tol={tol:g}); raise trainer.max_epochs to go on")
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
@@ -156,6 +261,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def cli() -> None:
+    quiet_lightning()
     try:
         check_overrides(sys.argv[1:])
     except ConfigError as err:

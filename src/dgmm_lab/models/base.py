@@ -112,13 +112,20 @@ class MixtureModule(pl.LightningModule):
         idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(self.hparams.seed))[:n]
         return x[idx].to(self.device), y[idx]
 
-    # ---- a resumed run continues the random stream of the uninterrupted one
+    # ---- a resumed run continues the random stream of the uninterrupted one; a checkpoint
+    # carries the run's resolved config and metrics so far (it is self-contained: evaluate
+    # needs no run dir, a run resumed at its end still has its val/train metrics)
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if getattr(self, "run_config", None) is not None:
+            checkpoint["dgmm_lab_config"] = self.run_config
+        checkpoint["dgmm_lab_metrics"] = dict(self.exact_metrics)
         checkpoint["rng_state"] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             checkpoint["rng_state"]["cuda"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        for key, value in checkpoint.get("dgmm_lab_metrics", {}).items():
+            self.exact_metrics.setdefault(key, value)  # testing a best checkpoint keeps the last epoch's
         state = checkpoint.get("rng_state")
         if state:
             torch.set_rng_state(state["torch"])

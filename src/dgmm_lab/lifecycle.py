@@ -1,0 +1,216 @@
+"""A run directory's lifecycle: one owner at a time, a status a scheduler can read, and
+checkpoints checked before anything trusts them.
+
+``status.json`` in the run directory says ``running``, ``finished``, ``interrupted`` (with the
+signal and the last finished epoch) or ``failed``; ``dgmm_lab.report`` reads it.  ``run.lock``
+holds the PID and host of the process that owns the directory: a second run into the same
+directory stops at once, and a lock whose process is gone (SIGKILL, a crashed node) is taken
+over with a log line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+from .config import ConfigError
+
+log = logging.getLogger(__name__)
+
+# exit statuses a shell gives a process killed by these signals (128 + number)
+EXIT_STATUS = {signal.SIGTERM: 128 + signal.SIGTERM, signal.SIGINT: 128 + signal.SIGINT}
+
+
+class Interrupted(SystemExit):
+    """A run stopped by a signal; its ``code`` is the shell's 128 + signal number."""
+
+    def __init__(self, signum: int):
+        super().__init__(EXIT_STATUS.get(signum, 128 + signum))
+        self.signum = signum
+
+
+def global_rank_from_env() -> int:
+    """This process's rank before the trainer exists (Lightning's re-launched DDP ranks set
+    LOCAL_RANK/NODE_RANK, Slurm sets SLURM_PROCID, torchrun sets RANK)."""
+    for name in ("RANK", "SLURM_PROCID"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return int(os.environ.get("NODE_RANK", 0) or 0) + int(os.environ.get("LOCAL_RANK", 0) or 0)
+
+
+def write_json_atomically(path: Path, data: dict) -> None:
+    """A reader (report, a scheduler) never sees half a file; a kill mid-write leaves the old one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def read_status(run_dir: Path) -> dict:
+    """The run's status; a run from before status.json existed counts as finished when it
+    has metrics.json (only a finished run writes it)."""
+    path = run_dir / "status.json"
+    if path.exists():
+        try:
+            return json.loads(path.read_text())
+        except ValueError:
+            return {"state": "unknown", "reason": "status.json is not valid JSON"}
+    if (run_dir / "metrics.json").exists():
+        return {"state": "finished"}
+    return {}
+
+
+def write_status(run_dir: Path, state: str, **details) -> None:
+    record = {"state": state, "pid": os.getpid(), "host": socket.gethostname(),
+              "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **details}
+    write_json_atomically(run_dir / "status.json", record)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+class RunLock:
+    """``run.lock`` (O_EXCL) naming the owner; released on exit, taken over when stale."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / "run.lock"
+        self.held = False
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                self._take_over_if_stale()
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump({"pid": os.getpid(), "host": socket.gethostname()}, f)
+            self.held = True
+            return
+        raise ConfigError(f"output dir {self.path.parent} is locked ({self.path}) and the lock could not be taken")
+
+    def _take_over_if_stale(self) -> None:
+        try:
+            owner = json.loads(self.path.read_text() or "{}")
+        except (OSError, ValueError):
+            owner = {}
+        pid, host = owner.get("pid"), owner.get("host")
+        if isinstance(pid, int) and host == socket.gethostname() and _alive(pid) and pid != os.getpid():
+            raise ConfigError(f"output dir {self.path.parent} is in use by PID {pid} on {host} ({self.path}); "
+                              "wait for it to finish, or give this run another hydra.run.dir")
+        if isinstance(pid, int) and host not in (None, socket.gethostname()):
+            raise ConfigError(f"output dir {self.path.parent} is locked by PID {pid} on host {host} ({self.path}); "
+                              "if that run is gone, delete the lock file")
+        log.warning("taking over the stale lock %s of PID %s (that process is gone)", self.path, pid)
+        self.path.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+
+class SignalGuard:
+    """SIGTERM/SIGINT become :class:`Interrupted` where it is safe to stop.
+
+    Inside ``trainer.fit`` Lightning's own handler runs first (it chains the one installed
+    here): it stops the loop at the next step boundary, so a checkpoint is never cut in
+    half; ``in_fit`` makes this handler leave that to Lightning.  Elsewhere (data loading,
+    testing) the handler raises at once.  Under submitit (Slurm) its SIGTERM bypass and
+    USR2 requeue stay untouched.
+    """
+
+    def __init__(self):
+        self.in_fit = False
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> "SignalGuard":
+        managed = "SUBMITIT_EXECUTOR" in os.environ or "SUBMITIT_FOLDER" in os.environ
+        for signum in (signal.SIGINT,) if managed else (signal.SIGTERM, signal.SIGINT):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signum
+        if not self.in_fit:
+            raise Interrupted(signum)
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt  # Lightning shuts down cleanly on it
+
+
+RESULTS = ("metrics.json", "status.json", "config.yaml", "checkpoints", "tensorboard", "csv", "ranks", "error.txt")
+
+
+def archive_previous_results(run_dir: Path) -> Path | None:
+    """resume=false into a used run dir: the old results move to ``replaced-<time>/`` (not
+    deleted, not mixed with the new run's checkpoints and events)."""
+    present = [run_dir / name for name in RESULTS if (run_dir / name).exists()]
+    if not present:
+        return None
+    target = run_dir / f"replaced-{time.strftime('%Y-%m-%d_%H-%M-%S')}"
+    target.mkdir()
+    for path in present:
+        os.replace(path, target / path.name)
+    log.warning("resume=false: the previous results in %s were moved to %s", run_dir, target)
+    return target
+
+
+def check_checkpoint(path: Path, key: str, remedy: str = "give another checkpoint") -> dict:
+    """The checkpoint's contents, or one line naming the file, what is wrong with it and the way out."""
+    import torch
+
+    size = path.stat().st_size if path.exists() else None
+    if size is None:
+        raise ConfigError(f"{key}: {path} does not exist")
+    problem = None
+    if size == 0:
+        problem = "it is empty (0 bytes)"
+    else:
+        try:
+            content = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as err:  # noqa: BLE001 (truncated zip, pickle garbage, ...: all the same to the user)
+            problem = f"it cannot be read as a checkpoint ({type(err).__name__}; {size} bytes, truncated or not a checkpoint)"
+        else:
+            if not isinstance(content, dict) or "state_dict" not in content:
+                problem = "it is not a Lightning checkpoint (no state_dict)"
+    if problem:
+        raise ConfigError(f"{key}: checkpoint {path} is unusable: {problem}; {remedy}")
+    return content
+
+
+def checkpoint_epoch(path: Path) -> int | None:
+    """The epoch a checkpoint was saved in, or None when there is none (or it is unreadable)."""
+    import torch
+
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=False)["epoch"])
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def lock_owner_alive(run_dir: Path) -> bool:
+    """Whether the process named in the run dir's lock is alive (on another host: assumed so)."""
+    try:
+        owner = json.loads((run_dir / "run.lock").read_text() or "{}")
+    except (OSError, ValueError):
+        return False
+    if owner.get("host") != socket.gethostname():
+        return True
+    return isinstance(owner.get("pid"), int) and _alive(owner["pid"])
