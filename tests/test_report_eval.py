@@ -41,4 +41,4 @@ def test_evaluate_without_checkpoint_is_one_line(tmp_path):
     ev = subprocess.run([sys.executable, "-m", "dgmm_lab.evaluate"], cwd=ROOT, capture_output=True, text=True)
     assert ev.returncode == 2 and ev.stderr.strip() == (
         "dgmm_lab: error: ckpt_path is required; usage: python -m dgmm_lab.evaluate "
-        "ckpt_path=RUN/checkpoints/last.ckpt [key=value ...]")
+        "ckpt_path=CHECKPOINT [output_dir=DIR] [key=value ...]")

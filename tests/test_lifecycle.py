@@ -1,0 +1,201 @@
+"""A run's lifecycle as a user and a scheduler see it: signals give the shell's exit codes and
+an ``interrupted`` status, a finished run is never retrained or rewritten, one run dir has one
+owner, broken checkpoints are one line, checkpoints are self-contained."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT
+
+DEEP_LONG = ["model=deep_gmm", "trainer.max_epochs=400", "trainer.enable_progress_bar=false"]
+
+
+def train(args, cwd, **kw):
+    return subprocess.run([sys.executable, "-m", "dgmm_lab.train", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=600, **kw)
+
+
+def start(args, cwd) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "dgmm_lab.train", *args], cwd=cwd, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def wait_for_epoch(run_dir: Path, proc: subprocess.Popen, epoch: int = 1, timeout: float = 120) -> None:
+    """Until checkpoints/last.ckpt of at least ``epoch`` exists (the run is training)."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if last.exists():
+            try:
+                if torch.load(last, weights_only=False)["epoch"] >= epoch:
+                    return
+            except Exception:  # being written
+                pass
+        time.sleep(0.2)
+    raise AssertionError(f"no checkpoint of epoch {epoch} in {run_dir} (exit {proc.poll()})")
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("dgmm_lab: error:")]
+
+
+def snapshot(run_dir: Path) -> dict[str, bytes]:
+    """Every result file's bytes (not Hydra's .hydra/ or the log, which each start appends to)."""
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*"))
+            if p.is_file() and ".hydra" not in p.parts and p.suffix != ".log"}
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_gives_the_shells_exit_code_and_an_interrupted_status(signum, code, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = start([*DEEP_LONG, f"hydra.run.dir={run_dir}"], tmp_path)
+    wait_for_epoch(run_dir, proc)
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == code, stderr[-3000:]
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "interrupted" and status["signal"] == signal.Signals(signum).name
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert status["last_checkpoint_epoch"] == saved["epoch"] >= 1
+    assert not (run_dir / "metrics.json").exists()
+    assert not (run_dir / "run.lock").exists()
+    said = [line for line in stderr.splitlines() if line.startswith("dgmm_lab: interrupted")]
+    assert said == [f"dgmm_lab: interrupted by {signal.Signals(signum).name}; checkpoints/last.ckpt is of "
+                    f"epoch {saved['epoch']}; run the same command again to resume ({run_dir})"]
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("model", ["em_gmm", "deep_gmm"])
+def test_a_finished_run_is_not_retrained_or_rewritten(model, tmp_path):
+    args = [f"model={model}", "debug=fast", f"hydra.run.dir={tmp_path / 'run'}"]
+    first = train(args, tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["state"] == "finished"
+    before = snapshot(tmp_path / "run")
+    again = train([*args, "trainer.max_epochs=5"], tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"dgmm_lab: {tmp_path / 'run'} holds a finished run" in again.stderr
+    assert "resume=false" in again.stderr
+    assert snapshot(tmp_path / "run") == before  # byte for byte
+
+    fresh = train([*args, "resume=false"], tmp_path)
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    archived = list((tmp_path / "run").glob("replaced-*"))
+    assert len(archived) == 1 and (archived[0] / "metrics.json").read_bytes() == before["metrics.json"]
+    assert len(list((tmp_path / "run" / "checkpoints").glob("best-*.ckpt"))) == 1  # no -v1 beside old ones
+
+
+def test_a_second_run_into_a_busy_dir_stops_and_a_stale_lock_is_taken_over(tmp_path):
+    run_dir = tmp_path / "run"
+    owner = start([*DEEP_LONG, f"hydra.run.dir={run_dir}"], tmp_path)
+    wait_for_epoch(run_dir, owner)
+    config = (run_dir / "config.yaml").read_bytes()
+    second = train(["model=deep_gmm", "seed=1", f"hydra.run.dir={run_dir}"], tmp_path)
+    assert second.returncode == 2
+    assert error_lines(second.stderr) == [
+        f"dgmm_lab: error: output dir {run_dir} is in use by PID {owner.pid} on {os.uname().nodename} "
+        f"({run_dir / 'run.lock'}); wait for it to finish, or give this run another hydra.run.dir"]
+    assert (run_dir / "config.yaml").read_bytes() == config  # the second run wrote nothing of its own
+
+    owner.kill()  # SIGKILL: no chance to release the lock
+    owner.communicate(timeout=60)
+    assert (run_dir / "run.lock").exists()
+    taken = train(["model=deep_gmm", "trainer.max_epochs=3", "trainer.enable_progress_bar=false",
+                   f"hydra.run.dir={run_dir}", "resume=false"], tmp_path)
+    assert taken.returncode == 0, taken.stderr[-3000:]
+    assert f"taking over the stale lock {run_dir / 'run.lock'} of PID {owner.pid}" in taken.stdout + taken.stderr
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "finished"
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "not a checkpoint"])
+def test_a_broken_last_checkpoint_is_one_line_and_is_left_alone(damage, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = start([*DEEP_LONG, f"hydra.run.dir={run_dir}"], tmp_path)
+    wait_for_epoch(run_dir, proc)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    good = last.read_bytes()
+    last.write_bytes({"truncated": good[: len(good) // 2], "empty": b"", "not a checkpoint": b"hello\n"}[damage])
+    damaged = snapshot(run_dir)
+
+    again = train([*DEEP_LONG, f"hydra.run.dir={run_dir}"], tmp_path)
+    assert again.returncode == 2
+    lines = error_lines(again.stderr)
+    assert len(lines) == 1 and str(last) in lines[0] and "resume=false" in lines[0], again.stderr[-2000:]
+    assert "Traceback" not in again.stderr
+    assert snapshot(run_dir) == damaged
+
+    ev = subprocess.run([sys.executable, "-m", "dgmm_lab.evaluate", f"ckpt_path={last}"], cwd=tmp_path,
+                        capture_output=True, text=True)
+    assert ev.returncode == 2 and len(error_lines(ev.stderr)) == 1 and str(last) in ev.stderr, ev.stderr[-2000:]
+    assert "Traceback" not in ev.stderr
+
+
+def test_a_checkpoint_copied_out_of_its_run_dir_evaluates_to_the_same_numbers(tmp_path):
+    # test_ckpt=last: metrics.json's test/* are those of last.ckpt
+    run = train(["model=deep_gmm", "debug=fast", "test_ckpt=last", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    expected = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(tmp_path / "run" / "checkpoints" / "last.ckpt", elsewhere / "model.ckpt")
+    shutil.rmtree(tmp_path / "run")
+    ev = subprocess.run([sys.executable, "-m", "dgmm_lab.evaluate", "ckpt_path=model.ckpt"],
+                        cwd=elsewhere, capture_output=True, text=True)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    (metrics_file,) = (elsewhere / "eval").glob("*/metrics.json")
+    assert json.loads(metrics_file.read_text()) == {k: v for k, v in expected.items() if k.startswith("test/")}
+
+
+def test_a_successful_run_ends_with_its_metrics_directory_and_next_commands(tmp_path):
+    result = train([], tmp_path)  # the README's first command, in a fresh directory
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (tmp_path / "outputs" / "train" / "runs").iterdir()
+    tail = result.stdout.strip().splitlines()[-12:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert any(line.split() == ["test/nll", f"{metrics['test/nll']:.6g}"] for line in tail), tail
+    assert any(line.startswith("EM converged after") and "model.tol=0.001" in line for line in tail), tail
+    assert f"run dir:     {run_dir}" in "\n".join(tail)
+    assert f"tensorboard --logdir {run_dir} --host 127.0.0.1" in "\n".join(tail)
+    everything = result.stdout + result.stderr
+    for noise in ("💡", "litlogger", "litmodels", "LeafSpec", "configure_optimizers` returned `None`",
+                  "Epoch 1/49", "weights_only"):
+        assert noise not in everything, noise
+    assert "EM iteration 1: train log-likelihood" in everything
+
+
+def test_a_sweep_lists_its_interrupted_job_and_the_report_shows_it(tmp_path):
+    sweep = tmp_path / "outputs" / "train" / "multiruns"
+    proc = start(["model=deep_gmm", "trainer.enable_progress_bar=false", "trainer.max_epochs=2,400", "-m"], tmp_path)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(sweep.glob("*/*trainer.max_epochs=400/checkpoints/last.ckpt")):
+        time.sleep(0.2)
+    (job,) = sweep.glob("*/*trainer.max_epochs=400")
+    wait_for_epoch(job, proc)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 143
+    report = subprocess.run([sys.executable, "-m", "dgmm_lab.report", str(job.parent)], cwd=tmp_path,
+                            capture_output=True, text=True)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "1 of 2 jobs finished, 1 interrupted" in report.stdout
+    row = next(line for line in report.stdout.splitlines() if "| 400 |" in line)
+    assert "interrupted (SIGTERM; last.ckpt of epoch" in row
+
+
+@pytest.mark.parametrize("module", ["evaluate", "report"])
+def test_help_prints_usage(module):
+    result = subprocess.run([sys.executable, "-m", f"dgmm_lab.{module}", "--help"], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.startswith(f"usage: python -m dgmm_lab.{module}")
+    assert not result.stderr
