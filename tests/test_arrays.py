@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 from scipy.io import savemat
 
 from conftest import FAST, run_cli, train_in_process
@@ -88,3 +89,38 @@ def test_csv_targets_for_mdn(tmp_path):
     m = train_in_process(["model=deep_gmm", "objective=mdn", "backbone=mlp", "data=array", f"data.path={path}",
                           "data.targets=[y1,y2]", "k=2", "covariance=full", *FAST], tmp_path / "run")
     assert np.isfinite(m["test/nll"]) and m["test/nll_per_dim"] == pytest.approx(m["test/nll"] / 2)
+
+
+@pytest.mark.parametrize("fmt, kwargs, columns", [
+    ("npz", {"features": "data", "label": -1}, [0, 1, 2]),   # the example: last column is the label
+    ("npz", {"features": "data", "label": 0}, [1, 2, 3]),
+    ("mat", {"features": "data", "label": 3}, [0, 1, 2]),
+    ("npy", {"label": -1}, [0, 1, 2]),
+    ("npy", {"features": [2, 0], "label": 3}, [2, 0]),
+])
+def test_label_and_features_as_column_indices(fmt, kwargs, columns, tmp_path):
+    rng = np.random.default_rng(0)
+    table = rng.normal(size=(200, 4))
+    label_col = kwargs["label"] % 4
+    table[:, label_col] = rng.integers(3, size=200)
+    path = tmp_path / f"d.{fmt}"
+    {"npz": lambda: np.savez(path, data=table), "mat": lambda: savemat(path, {"data": table}),
+     "npy": lambda: np.save(path, table)}[fmt]()
+    dm = ArrayDataModule(str(path), scaling="none", split_seed=1, **kwargs)
+    dm.setup()
+    x, y = dm.tensors("train")
+    order = torch.randperm(200, generator=torch.Generator().manual_seed(1))[60:]  # test 40, val 20 first
+    assert dm.column_names == columns
+    assert torch.allclose(x.double(), torch.as_tensor(table[order][:, columns]).float().double())
+    assert torch.equal(y, torch.as_tensor(table[order, label_col]).long())
+
+
+def test_targets_as_column_indices(tmp_path):
+    table = np.arange(40.0).reshape(10, 4)
+    np.savez(tmp_path / "d.npz", data=table)
+    dm = ArrayDataModule(str(tmp_path / "d.npz"), features="data", targets=[1, 3], scaling="none",
+                         val_fraction=0, test_fraction=0)
+    dm.setup()
+    x, y = dm.tensors("train")
+    assert dm.column_names == [0, 2] and dm.target_dim == 2
+    assert torch.equal(y[:, 1] - x[:, 1].double(), torch.ones(10, dtype=torch.float64))  # column 3 = column 2 + 1

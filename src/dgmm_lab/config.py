@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -89,10 +90,93 @@ def check_config(cfg: DictConfig) -> None:
     _check_launcher(cfg)
     if cfg.get("test_ckpt", "best") not in ("best", "last"):
         raise ConfigError(f"test_ckpt={cfg.test_ckpt!r} is not allowed; allowed: best, last")
-    threads = cfg.get("num_threads")
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise ConfigError(f"num_threads={threads!r} must be an integer >= 1")
+    check_ranges(cfg)
+    _check_fractions(cfg)
+    _check_epochs(cfg)
 
+
+@dataclass(frozen=True)
+class Range:
+    """What a number in the config may be: an integer (``kind=int``) or any number, within
+    ``low``/``high`` (``open_low``/``open_high`` exclude the bound itself), or null."""
+
+    kind: type = int
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+    nullable: bool = False
+
+    def allows(self, value) -> bool:
+        if value is None:
+            return self.nullable
+        if isinstance(value, bool) or not isinstance(value, int if self.kind is int else (int, float)):
+            return False
+        above = self.low is None or (value > self.low if self.open_low else value >= self.low)
+        below = self.high is None or (value < self.high if self.open_high else value <= self.high)
+        return above and below
+
+    def describe(self) -> str:
+        what = "an integer" if self.kind is int else "a number"
+        if self.low is not None and self.high is not None:
+            if self.kind is int:
+                bounds = f" in {self.low}..{self.high}"
+            else:
+                bounds = f" in {'(' if self.open_low else '['}{self.low}, {self.high}{')' if self.open_high else ']'}"
+        elif self.low is not None:
+            bounds = f" {'>' if self.open_low else '>='} {self.low}"
+        else:
+            bounds = ""
+        return what + bounds + (", or null" if self.nullable else "")
+
+
+SEED = Range(int, 0, 2**32 - 1)  # what numpy (and so seed_everything) accepts
+FRACTION = Range(float, 0, 1, open_high=True)
+# keys checked where the chosen config has them (data.val_size only in data=mnist, ...)
+VALUE_RANGES = {
+    "seed": SEED, "num_threads": Range(int, 1),
+    "data.batch_size": Range(int, 1), "data.eval_batch_size": Range(int, 1, nullable=True),
+    "data.num_workers": Range(int, 0), "data.split_seed": Range(int),
+    "data.val_fraction": FRACTION, "data.test_fraction": FRACTION,
+    "data.contamination": Range(float, 0, 1, open_low=True, open_high=True, nullable=True),
+    "data.n_samples": Range(int, 1), "data.dim": Range(int, 1), "data.n_clusters": Range(int, 1),
+    "data.separation": Range(float, 0), "data.noise": Range(float, 0), "data.seed": SEED,
+    "data.val_size": Range(int, 0, 59999),  # MNIST: taken from the 60000 training images
+    "data.limit_train": Range(int, 1, nullable=True), "data.limit_test": Range(int, 1, nullable=True),
+    "data.code_dim": Range(int, 1),
+    # -1: no limit (Lightning's meaning); _check_epochs refuses it where nothing else stops
+    "trainer.max_epochs": Range(int, -1, nullable=True), "trainer.max_steps": Range(int, -1),
+    "trainer.check_val_every_n_epoch": Range(int, 1, nullable=True),
+    "trainer.log_every_n_steps": Range(int, 1),
+    "model.tol": Range(float, 0), "model.reg_covar": Range(float, 0), "model.max_iter": Range(int, 1),
+    "model.n_init": Range(int, 1), "model.init_max_samples": Range(int, 1), "model.init_em_steps": Range(int, 0),
+    "model.lr": Range(float, 0, open_low=True), "model.weight_decay": Range(float, 0),
+    "model.pretrain_epochs": Range(int, 0), "model.pretrain_lr": Range(float, 0, open_low=True),
+}
+_ABSENT = object()
+
+
+def check_ranges(cfg: DictConfig, ranges: dict[str, Range] = VALUE_RANGES) -> None:
+    """Every number of ``ranges`` that the config has, against its range."""
+    for key, allowed in ranges.items():
+        value = OmegaConf.select(cfg, key, default=_ABSENT)
+        if value is not _ABSENT and not allowed.allows(value):
+            raise ConfigError(f"{key}={value!r} is not allowed; allowed: {allowed.describe()}")
+
+
+def _check_fractions(cfg: DictConfig) -> None:
+    val, test = (OmegaConf.select(cfg, f"data.{key}_fraction", default=0) for key in ("val", "test"))
+    if val + test >= 1:
+        raise ConfigError(f"data.val_fraction={val} with data.test_fraction={test} leaves no training "
+                          "samples; allowed: val_fraction + test_fraction < 1")
+
+
+def _check_epochs(cfg: DictConfig) -> None:
+    """-1 epochs is Lightning's 'no limit': EM still stops (model.tol, model.max_iter), a deep
+    model would train until killed (and its cosine schedule needs a finite length)."""
+    if "DeepGMM" in str(cfg.model.get("_target_", "")) and cfg.trainer.get("max_epochs") == -1:
+        raise ConfigError("trainer.max_epochs=-1 would train model=deep_gmm forever (only EM stops by "
+                          "itself); allowed: an integer >= 0")
 
 def _check_objective_backbone(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig

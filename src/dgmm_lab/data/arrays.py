@@ -9,16 +9,28 @@ held-out normals plus every anomaly; test labels become 1 = anomaly, 0 = normal.
 from __future__ import annotations
 
 import csv
+import logging
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch.utils.data import TensorDataset
 
+from ..config import ConfigError
 from .base import TensorDataModule
+from .columns import as_spec, constant_columns, dominated_columns, select_columns
 
+log = logging.getLogger(__name__)
 SCALINGS = ("standardize", "minmax", "none")
 FORMATS = (".npy", ".npz", ".csv", ".mat")
+WHAT_A_FILE_HOLDS = {
+    ".npy": "one array of samples x features (np.save)",
+    ".npz": "arrays by key, features X (or data.features=KEY) and optional labels y, one row per sample (np.savez)",
+    ".mat": "variables X (or data.features=KEY) and optional y, one row per sample (scipy.io.savemat)",
+    ".csv": "a header line with the column names, then one row per sample",
+}
 
 
 class ArrayDataModule(TensorDataModule):
@@ -34,6 +46,10 @@ class ArrayDataModule(TensorDataModule):
         self.contamination = contamination
         # regression targets y for objective=mdn: an npz/mat key or csv columns
         self.targets = targets
+        # the feature columns as the file names them (csv header names, array column indices)
+        self.column_names: list[str | int] = []
+        # what the training columns look like (data/constant_columns, ...), for metrics.json
+        self.facts: dict[str, float] = {}
 
     @property
     def has_targets(self) -> bool:
@@ -49,15 +65,25 @@ class ArrayDataModule(TensorDataModule):
 
     # ------------------------------------------------------------------ reading
     def load(self) -> tuple[torch.Tensor, torch.Tensor]:
+        where = f"data.path={str(self.path)!r}"
         if not self.path.is_file():
-            raise FileNotFoundError(f"data.path={str(self.path)!r} does not exist")
+            raise FileNotFoundError(f"{where} does not exist")
         suffix = self.path.suffix.lower()
         if suffix not in FORMATS:
-            raise ValueError(f"data.path={str(self.path)!r}: unknown format {suffix!r}; allowed: {', '.join(FORMATS)}")
-        x, y = {".npy": self._npy, ".npz": self._keyed, ".mat": self._keyed, ".csv": self._csv}[suffix]()
-        x = np.asarray(x, dtype=np.float64)
+            raise ValueError(f"{where}: unknown format {suffix!r}; allowed: {', '.join(FORMATS)}")
+        if self.path.stat().st_size == 0:
+            raise ConfigError(f"{where} is an empty file (0 bytes); allowed: {WHAT_A_FILE_HOLDS[suffix]}")
+        x, y = self._csv() if suffix == ".csv" else self._keyed(suffix)
+        try:
+            x = np.asarray(x, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: the features are not numeric (dtype {np.asarray(x).dtype}); "
+                              "allowed: numbers only (encode text columns first)") from None
         if x.ndim == 1:
             x = x[:, None]
+        if len(x) == 0:
+            raise ConfigError(f"{where} holds no samples (0 rows); "
+                              f"allowed: {WHAT_A_FILE_HOLDS[suffix]}")
         bad = ~np.isfinite(x)
         if bad.any():
             rows, cols = np.nonzero(bad)
@@ -71,31 +97,52 @@ class ArrayDataModule(TensorDataModule):
         labels = np.full(len(x), -1) if y is None else np.asarray(y).reshape(-1).astype(np.int64)
         return torch.as_tensor(x), torch.as_tensor(labels)
 
-    def _npy(self):
-        if self.label is not None:
-            raise ValueError("data.label needs a .npz, .mat or .csv file (a .npy holds one array)")
-        return np.load(self.path), None
+    def _read_arrays(self, suffix: str) -> dict[str, np.ndarray]:
+        """The file's arrays by key ('' for the one array of a .npy)."""
+        where = f"data.path={str(self.path)!r}"
+        # numpy reads a file without its header as a pickle, and says so: say what it is not
+        if suffix == ".npz" and not zipfile.is_zipfile(self.path):
+            raise ConfigError(f"{where} is not a .npz file (not a zip archive); allowed: {WHAT_A_FILE_HOLDS[suffix]}")
+        if suffix == ".npy" and _head(self.path, 6) != b"\x93NUMPY":
+            raise ConfigError(f"{where} is not a .npy file (no NUMPY header); allowed: {WHAT_A_FILE_HOLDS[suffix]}")
+        try:
+            if suffix == ".npy":
+                return {"": np.load(self.path)}
+            if suffix == ".mat":
+                from scipy.io import loadmat
 
-    def _keyed(self):
-        if self.path.suffix.lower() == ".mat":
-            from scipy.io import loadmat
+                return {k: v for k, v in loadmat(self.path).items() if not k.startswith("__")}
+            with np.load(self.path) as archive:
+                return dict(archive)
+        except Exception as err:  # numpy, zipfile and scipy raise many kinds for a damaged file
+            raise ConfigError(f"{where} is not a readable {suffix} file "
+                              f"({type(err).__name__}: {' '.join(str(err).split())}); "
+                              f"allowed: {WHAT_A_FILE_HOLDS[suffix]}") from None
 
-            arrays = {k: v for k, v in loadmat(self.path).items() if not k.startswith("__")}
-        else:
-            arrays = dict(np.load(self.path))
-        feature_key = self.features or ("X" if "X" in arrays else "x" if "x" in arrays else None)
-        label_key = self.targets or self.label or ("y" if "y" in arrays and self.features is None else None)
-        for role, key in (("features", feature_key), ("targets" if self.targets else "label", label_key)):
-            if key is not None and key not in arrays:
-                raise KeyError(f"data.{role}={key!r} is not a key of {self.path.name}; keys: {', '.join(sorted(arrays))}")
-        if feature_key is None:
-            raise KeyError(f"{self.path.name} has no key 'X': set data.features to one of {', '.join(sorted(arrays))}")
-        return arrays[feature_key], None if label_key is None else arrays[label_key]
+    def _keyed(self, suffix: str):
+        arrays = self._read_arrays(suffix)
+        if not arrays:
+            raise ConfigError(f"data.path={str(self.path)!r} holds no arrays; allowed: {WHAT_A_FILE_HOLDS[suffix]}")
+        role, label = ("targets", self.targets) if self.targets is not None else ("label", self.label)
+        features, label = as_spec(self.features, "data.features"), as_spec(label, f"data.{role}")
+        if suffix == ".npy":
+            for key, spec in (("features", features), (role, label)):
+                if isinstance(spec, str):
+                    raise ConfigError(f"data.{key}={spec!r} names an array, and a .npy holds one; allowed: "
+                                      f"column indices (e.g. data.{key}=-1), or a .npz, .mat or .csv file")
+        x, y, self.column_names = select_columns(arrays, features, label, role, self.path.name)
+        return x, y
 
     def _csv(self):
         with open(self.path, newline="") as f:
-            rows = list(csv.reader(f))
+            rows = [r for r in csv.reader(f) if r]  # blank lines (a trailing one, say) hold no sample
+        if not rows:
+            raise ConfigError(f"data.path={str(self.path)!r} has no header line; allowed: {WHAT_A_FILE_HOLDS['.csv']}")
         header, body = rows[0], rows[1:]
+        ragged = next((i for i, r in enumerate(body) if len(r) != len(header)), None)
+        if ragged is not None:
+            raise ConfigError(f"row {ragged + 2} of {self.path.name} has {len(body[ragged])} fields and the "
+                              f"header {len(header)}; allowed: one field per column in every row")
         target_cols = [self.targets] if isinstance(self.targets, str) else list(self.targets or [])
         wanted = self.features or [c for c in header if c != self.label and c not in target_cols]
         wanted = [wanted] if isinstance(wanted, str) else list(wanted)
@@ -103,6 +150,7 @@ class ArrayDataModule(TensorDataModule):
             if col not in header:
                 raise KeyError(f"column {col!r} is not in {self.path.name}; columns: {', '.join(header)}")
         index = [header.index(c) for c in wanted]
+        self.column_names = wanted
         try:
             x = np.array([[float(r[i]) for i in index] for r in body])
         except ValueError:
@@ -132,8 +180,29 @@ class ArrayDataModule(TensorDataModule):
             order = torch.randperm(len(x), generator=g)
             n_test, n_val = int(len(x) * self.test_fraction), int(len(x) * self.val_fraction)
             parts = {"test": order[:n_test], "val": order[n_test:n_test + n_val], "train": order[n_test + n_val:]}
+        self.facts = self._check_columns(x[parts["train"]].numpy())
         offset, scale = self._fit_scaling(x[parts["train"]])
         return {name: TensorDataset(((x[idx] - offset) / scale).float(), y[idx]) for name, idx in parts.items()}
+
+    def _check_columns(self, x_train: np.ndarray) -> dict[str, float]:
+        """Warns of training columns (N, D) that break a Gaussian fit, naming them and the
+        remedy; returns their counts.  Said, not fixed: the user decides what to drop."""
+        constant = constant_columns(x_train)
+        extreme = [c for c in dominated_columns(x_train) if c not in constant]
+        names = self.column_names or list(range(x_train.shape[1]))
+        width = x_train.shape[1]
+        if constant:
+            _warn("data: %d of %d feature columns are constant on the training split (columns %s): they carry "
+                  "no information and make every covariance singular along them (held up by model.reg_covar "
+                  "or model.min_scale alone, which inflates the likelihood); drop them%s",
+                  len(constant), width, _listed(names, constant), _keep_hint(names, constant))
+        if extreme:
+            peaks = ", ".join(f"{float(np.abs(x_train[:, c]).max()):.3g}" for c in extreme)
+            _warn("data: %d of %d feature columns are dominated by one extreme value (columns %s; largest "
+                  "|value| %s): after scaling all their other values sit at nearly one point, and a component "
+                  "collapses onto the outlier; drop or clip them, or transform them (e.g. log)%s",
+                  len(extreme), width, _listed(names, extreme), peaks, _keep_hint(names, extreme))
+        return {"data/constant_columns": float(len(constant)), "data/extreme_columns": float(len(extreme))}
 
     def _fit_scaling(self, x_train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.scaling == "standardize":
@@ -143,6 +212,28 @@ class ArrayDataModule(TensorDataModule):
         else:
             return torch.zeros(x_train.shape[1]), torch.ones(x_train.shape[1])
         return offset, torch.where(scale > 0, scale, torch.ones_like(scale))  # constant columns
+
+
+@rank_zero_only
+def _warn(message: str, *args) -> None:
+    log.warning(message, *args)  # once per job, not once per DDP process
+
+
+def _listed(names: list, columns: list[int]) -> str:
+    return ", ".join(repr(names[c]) if isinstance(names[c], str) else str(names[c]) for c in columns)
+
+
+def _keep_hint(names: list, drop: list[int]) -> str:
+    """' (data.features=[...])' keeping the other columns, when that list is short to type."""
+    keep = [names[c] for c in range(len(names)) if c not in drop]
+    if not keep or len(keep) > 12:
+        return " (data.features=[...])"
+    return f" (data.features=[{','.join(str(k) for k in keep)}])"
+
+
+def _head(path: Path, n: int) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(n)
 
 
 def _is_float(text: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -10,11 +11,16 @@ import torch
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
+from ..config import ConfigError
 from .base import TensorDataModule
 
 RAW_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
              "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 SCALINGS = ("unit", "standardize")
+# sizes of the extracted files: a 16-byte (images) or 8-byte (labels) header, then one byte
+# per pixel or label
+EXTRACTED_BYTES = {"train-images-idx3-ubyte": 16 + 60000 * 784, "train-labels-idx1-ubyte": 8 + 60000,
+                   "t10k-images-idx3-ubyte": 16 + 10000 * 784, "t10k-labels-idx1-ubyte": 8 + 10000}
 
 
 class MNISTDataModule(TensorDataModule):
@@ -58,6 +64,10 @@ class MNISTDataModule(TensorDataModule):
             with _exclusive(self.cache_dir):
                 ds = MNIST(root=str(self._root()), train=train, download=self.download)
         except (RuntimeError, OSError) as err:
+            damaged = damaged_raw_file([self.data_dir / "MNIST" / "raw", self.cache_dir / "MNIST" / "raw"])
+            if damaged:
+                raise ConfigError(f"data.data_dir={str(self.data_dir)!r}: {damaged}; allowed: the original "
+                                  "files (delete a damaged one to have it downloaded again)") from None
             raise FileNotFoundError(
                 f"MNIST not found and not downloadable ({err}); put the four files "
                 f"{', '.join(RAW_FILES)} into {self.data_dir / 'MNIST' / 'raw'} "
@@ -109,3 +119,31 @@ def _exclusive(folder: Path):
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
+
+
+def damaged_raw_file(raw_dirs: list[Path]) -> str | None:
+    """What is wrong with the first MNIST file in ``raw_dirs`` that is there but damaged (a
+    ``.gz`` whose md5 is not torchvision's, an extracted file of the wrong size), or None.
+    Asked only after torchvision failed: it then says "not found" for a file that is there."""
+    from torchvision.datasets import MNIST
+
+    md5s = dict(MNIST.resources)
+    for raw in dict.fromkeys(raw_dirs):  # data_dir and cache_dir may be one folder
+        for name in RAW_FILES:
+            path = raw / name
+            if path.is_file() and (digest := _md5(path)) != md5s[name]:
+                return (f"MNIST file {path} is corrupt: its md5 checksum {digest} is not torchvision's {md5s[name]} "
+                        f"({path.stat().st_size} bytes; truncated or not the original)")
+            extracted = raw / name.removesuffix(".gz")
+            if extracted.is_file() and (size := extracted.stat().st_size) != EXTRACTED_BYTES[extracted.name]:
+                return (f"MNIST file {extracted} is damaged: {size} bytes, the original has "
+                        f"{EXTRACTED_BYTES[extracted.name]}")
+    return None
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,152 @@
+"""Bad input ends before anything trains, in one ``dgmm_lab: error:`` line naming the key,
+the value and what is allowed (exit status 2): the real CLI, as a user types it."""
+
+import gzip
+import re
+
+import numpy as np
+import pytest
+
+from conftest import FAST, compose_config, run_cli, train_in_process
+from dgmm_lab.config import ConfigError, check_config
+from dgmm_lab.data import ArrayDataModule
+from dgmm_lab.data.mnist import RAW_FILES, damaged_raw_file
+
+# Lightning's seed_everything prints this to stderr before the data is read (train.py, not
+# ours); every other stderr line counts
+LIGHTNING_SEED_LINE = "Seed set to "
+
+
+def assert_one_error_line(result, out_dir, *needles: str) -> str:
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith(LIGHTNING_SEED_LINE)]
+    assert len(lines) == 1 and lines[0].startswith("dgmm_lab: error: "), result.stderr[-3000:]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    assert not list(out_dir.rglob("*.ckpt")) and not list(out_dir.rglob("metrics.json")), "nothing may be trained"
+    return lines[0]
+
+
+def cli(args: list[str], tmp_path):
+    return run_cli([*args, *FAST, f"paths.log_dir={tmp_path / 'out'}"], timeout=120)
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["data.batch_size=0"], ["data.batch_size=0 is not allowed", "allowed: an integer >= 1"]),
+    (["seed=abc"], ["seed='abc' is not allowed", "allowed: an integer in 0..4294967295"]),
+    (["trainer.max_epochs=abc"], ["trainer.max_epochs='abc' is not allowed", "allowed: an integer >= -1"]),
+    (["model=deep_gmm", "trainer.max_epochs=-1"], ["trainer.max_epochs=-1 would train model=deep_gmm forever",
+                                                   "allowed: an integer >= 0"]),
+    (["data.val_fraction=1.5"], ["data.val_fraction=1.5 is not allowed", "allowed: a number in [0, 1)"]),
+])
+def test_bad_value_is_one_line(args, needles, tmp_path):
+    assert_one_error_line(cli(args, tmp_path), tmp_path, *needles)
+
+
+# the neighbours take the same path (check_config, before anything is built): checked in-process
+@pytest.mark.parametrize("args, message", [
+    (["data.batch_size=-3"], "data.batch_size=-3 is not allowed; allowed: an integer >= 1"),
+    (["seed=-1"], "seed=-1 is not allowed; allowed: an integer in 0..4294967295"),
+    (["seed=1.5"], "seed=1.5 is not allowed"),
+    (["num_threads=0"], "num_threads=0 is not allowed; allowed: an integer >= 1"),
+    (["trainer.max_epochs=-2"], "trainer.max_epochs=-2 is not allowed; allowed: an integer >= -1, or null"),
+    (["trainer.check_val_every_n_epoch=0"], "trainer.check_val_every_n_epoch=0 is not allowed"),
+    (["data.test_fraction=-0.1"], "data.test_fraction=-0.1 is not allowed; allowed: a number in [0, 1)"),
+    (["data.val_fraction=1"], "data.val_fraction=1 is not allowed"),
+    (["data.val_fraction=0.5", "data.test_fraction=0.5"],
+     "data.val_fraction=0.5 with data.test_fraction=0.5 leaves no training samples; allowed: val_fraction + test_fraction < 1"),
+    (["+data.eval_batch_size=0"], "data.eval_batch_size=0 is not allowed; allowed: an integer >= 1, or null"),
+    (["data.n_samples=0"], "data.n_samples=0 is not allowed"),
+    (["data=mnist", "data.val_size=60000"], "data.val_size=60000 is not allowed; allowed: an integer in 0..59999"),
+    (["data=mnist", "data.limit_train=0"], "data.limit_train=0 is not allowed; allowed: an integer >= 1, or null"),
+    (["model.n_init=0"], "model.n_init=0 is not allowed; allowed: an integer >= 1"),
+    (["model.reg_covar=-1"], "model.reg_covar=-1 is not allowed; allowed: a number >= 0"),
+    (["model.tol=-1"], "model.tol=-1 is not allowed"),
+    (["model.max_iter=0"], "model.max_iter=0 is not allowed"),
+    (["model=deep_gmm", "model.lr=0"], "model.lr=0 is not allowed; allowed: a number > 0"),
+    (["data.batch_size=true"], "data.batch_size=True is not allowed"),
+])
+def test_bad_neighbouring_value_is_refused(args, message, tmp_path):
+    cfg = compose_config(args, tmp_path)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_config(cfg)
+
+
+@pytest.mark.parametrize("args", [[], ["trainer.max_epochs=-1"], ["trainer.max_epochs=0"], ["data.val_fraction=0"],
+                                  ["model=deep_gmm", "trainer.max_epochs=null"], ["data=mnist", "data.val_size=0"]])
+def test_good_values_pass(args, tmp_path):
+    check_config(compose_config(args, tmp_path))
+
+
+@pytest.mark.parametrize("name, write, needles", [
+    ("empty.csv", lambda p: p.write_text(""), ["is an empty file (0 bytes)", "allowed: a header line"]),
+    ("empty.npz", lambda p: np.savez(p), ["holds no arrays", "allowed: arrays by key, features X"]),
+    ("zero.npz", lambda p: p.write_bytes(b""), ["is an empty file (0 bytes)"]),
+])
+def test_bad_file_is_one_line(name, write, needles, tmp_path):
+    path = tmp_path / name
+    write(path)
+    assert_one_error_line(cli(["data=array", f"data.path={path}"], tmp_path), tmp_path, f"data.path='{path}'", *needles)
+
+
+@pytest.mark.parametrize("name, write, message", [
+    ("header.csv", lambda p: p.write_text("a,b\n"), "holds no samples (0 rows)"),
+    ("blank.csv", lambda p: p.write_text("\n\n"), "has no header line"),
+    ("ragged.csv", lambda p: p.write_text("a,b\n1,2\n3\n"), "row 3 of ragged.csv has 1 fields and the header 2"),
+    ("rows.npz", lambda p: np.savez(p, X=np.zeros((0, 3))), "holds no samples (0 rows)"),
+    ("junk.npz", lambda p: p.write_bytes(b"not a zip" * 9), "is not a .npz file (not a zip archive)"),
+    ("junk.npy", lambda p: p.write_bytes(b"not numpy" * 9), "is not a .npy file (no NUMPY header)"),
+    ("junk.mat", lambda p: p.write_bytes(b"not matlab" * 9), "is not a readable .mat file"),
+    ("text.npz", lambda p: np.savez(p, X=np.array([["a", "b"]])), "the features are not numeric"),
+])
+def test_bad_file_is_one_message(name, write, message, tmp_path):
+    write(tmp_path / name)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        ArrayDataModule(str(tmp_path / name)).setup()
+
+
+def test_truncated_mnist_names_the_file_and_its_checksum(tmp_path):
+    raw = tmp_path / "mnist" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in RAW_FILES:  # a download that broke off: valid gzip headers, cut short
+        (raw / name).write_bytes(gzip.compress(bytes(100_000))[:2000])
+    result = cli(["data=mnist", f"paths.data_dir={tmp_path / 'mnist'}", f"paths.cache_dir={tmp_path / 'cache'}",
+                  # offline here and in CI alike: torchvision must not fetch a fresh copy
+                  "+data.download=false"], tmp_path)
+    line = assert_one_error_line(result, tmp_path, f"MNIST file {raw / RAW_FILES[0]} is corrupt",
+                                 "md5 checksum", "not torchvision's f68b3c2dcbeaaa9fbdd348bbdeb94873")
+    assert "not found" not in line
+
+
+def test_damaged_extracted_mnist_file_is_named(tmp_path):
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(bytes(100))
+    assert "t10k-labels-idx1-ubyte is damaged: 100 bytes, the original has 10008" in damaged_raw_file([tmp_path])
+    assert damaged_raw_file([tmp_path / "nothing"]) is None
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"features": "data", "label": 4}, "data.label=4 is not a column of array 'data' of d.npz (shape (30, 4)); "
+                                       "allowed: column indices in -4..3"),
+    ({"features": "data", "label": -5}, "data.label=-5 is not a column"),
+    ({"features": "data", "label": [2, 3]}, "data.label=[2, 3] is not allowed; allowed: a key of the file, a column index"),
+    ({"features": "meta", "label": -1}, "data.label=-1 picks columns, and array 'meta' of d.npz has shape (3,)"),
+    ({"features": [0, 3], "label": 3}, "no key 'X'"),  # indices without a key: of X, which d.npz lacks
+    ({"features": "data", "label": "y"}, "data.label='y' is not a key of d.npz; keys: data, meta"),
+])
+def test_bad_column_index_is_one_message(kwargs, message, tmp_path):
+    np.savez(tmp_path / "d.npz", data=np.ones((30, 4)), meta=np.ones(3))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ArrayDataModule(str(tmp_path / "d.npz"), **kwargs).setup()
+
+
+def test_bad_column_index_on_the_cli(tmp_path):
+    np.save(tmp_path / "d.npy", np.ones((30, 4)))
+    assert_one_error_line(cli(["data=array", f"data.path={tmp_path / 'd.npy'}", "data.label=7"], tmp_path),
+                          tmp_path, "data.label=7 is not a column of the array in d.npy", "-4..3")
+
+
+def test_em_without_an_epoch_limit_stops_at_max_iter(tmp_path):
+    # -1 is Lightning's 'no limit'; EM still stops, here at model.max_iter (tol 0 never converges)
+    metrics = train_in_process(["trainer.max_epochs=-1", "model.max_iter=4", "model.tol=0", "test_ckpt=last", *FAST],
+                               tmp_path)
+    assert metrics["train/n_iter"] == 4
