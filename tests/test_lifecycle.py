@@ -74,7 +74,7 @@ def test_a_signal_gives_the_shells_exit_code_and_an_interrupted_status(signum, c
     assert "Traceback" not in stderr
 
 
-@pytest.mark.parametrize("model", ["em_gmm", "deep_gmm"])
+@pytest.mark.parametrize("model", ["em_gmm", pytest.param("deep_gmm", marks=pytest.mark.slow)])
 def test_a_finished_run_is_not_retrained_or_rewritten(model, tmp_path):
     args = [f"model={model}", "debug=fast", f"hydra.run.dir={tmp_path / 'run'}"]
     first = train(args, tmp_path)
@@ -116,13 +116,22 @@ def test_a_second_run_into_a_busy_dir_stops_and_a_stale_lock_is_taken_over(tmp_p
     assert json.loads((run_dir / "status.json").read_text())["state"] == "finished"
 
 
-@pytest.mark.parametrize("damage", ["truncated", "empty", "not a checkpoint"])
-def test_a_broken_last_checkpoint_is_one_line_and_is_left_alone(damage, tmp_path):
-    run_dir = tmp_path / "run"
-    proc = start([*DEEP_LONG, f"hydra.run.dir={run_dir}"], tmp_path)
-    wait_for_epoch(run_dir, proc)
+@pytest.fixture(scope="module")
+def interrupted_run(tmp_path_factory) -> Path:
+    """A run dir left by SIGTERM: resumable, with last.ckpt."""
+    cwd = tmp_path_factory.mktemp("interrupted")
+    proc = start([*DEEP_LONG, f"hydra.run.dir={cwd / 'run'}"], cwd)
+    wait_for_epoch(cwd / "run", proc)
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=120)
+    return cwd / "run"
+
+
+@pytest.mark.parametrize("damage", ["truncated", pytest.param("empty", marks=pytest.mark.slow),
+                                    pytest.param("not a checkpoint", marks=pytest.mark.slow)])
+def test_a_broken_last_checkpoint_is_one_line_and_is_left_alone(damage, interrupted_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(interrupted_run, run_dir)
     last = run_dir / "checkpoints" / "last.ckpt"
     good = last.read_bytes()
     last.write_bytes({"truncated": good[: len(good) // 2], "empty": b"", "not a checkpoint": b"hello\n"}[damage])
@@ -174,6 +183,7 @@ def test_a_successful_run_ends_with_its_metrics_directory_and_next_commands(tmp_
     assert "EM iteration 1: train log-likelihood" in everything
 
 
+@pytest.mark.slow
 def test_a_sweep_lists_its_interrupted_job_and_the_report_shows_it(tmp_path):
     sweep = tmp_path / "outputs" / "train" / "multiruns"
     proc = start(["model=deep_gmm", "trainer.enable_progress_bar=false", "trainer.max_epochs=2,400", "-m"], tmp_path)
