@@ -13,7 +13,8 @@ def test_sweep_report_and_evaluate(tmp_path):
     result = run_cli(["model=em_gmm,deep_gmm", "k=2,4", "debug=fast", f"hydra.sweep.dir={sweep}", "-m"])
     assert result.returncode == 0, result.stderr[-3000:]
     # a fifth job that fails, and one that never finished
-    broken = run_cli(["model=deep_gmm", "k=3", "debug=fast", "data.batch_size=-1",
+    # (a job that fails while training: its loss overflows; a bad value would stop the sweep in one line)
+    broken = run_cli(["model=deep_gmm", "k=3", "debug=fast", "model.lr=1e30",
                       f"hydra.sweep.dir={sweep}", "-m"])
     assert broken.returncode == 0, broken.stderr[-3000:]
     report = subprocess.run([sys.executable, "-m", "dgmm_lab.report", str(sweep)], cwd=ROOT,
