@@ -200,6 +200,10 @@ class DeepGMM(MixtureModule):
         dequantize = getattr(self.backbone, "dequantize", None)
         return None if dequantize is None else 1.0 / dequantize.levels
 
+    def final_metrics(self, datamodule) -> dict[str, float]:
+        """The data module's facts (data/constant_columns, ... for data=array) for metrics.json."""
+        return dict(getattr(datamodule, "facts", {}))
+
     @torch.no_grad()
     def predict_proba(self, x: Tensor) -> Tensor:
         return self.objective.mixture().responsibilities(self.objective.embed(x))

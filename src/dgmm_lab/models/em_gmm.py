@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from ..mixture import em
+from ..mixture.diagnostics import degenerate_components, remedy, suggested_reg_covar
 from ..mixture.density import (MixtureDensity, check_covariance_type, covariance_eigenvalues, covariance_shape,
                                precision_cholesky_from_covariance, precision_cholesky_from_precision)
 from ..nets.feature_extractor import FeatureExtractor
@@ -191,10 +192,30 @@ class EMGMM(MixtureModule):
         return self.mixture.responsibilities(self.backbone(x).double())
 
     def final_metrics(self, datamodule) -> dict[str, float]:
+        """BIC, AIC, iterations and the count of degenerate components (warned of, with the
+        remedy) of the weights tested, and the data module's facts (data/constant_columns, ...)."""
         x, _ = datamodule.tensors("train")
         z = self.backbone(x.to(self.device)).double()
+        degenerate = self.degenerate_components(len(x))
         return {"train/bic": self.mixture.bic(z), "train/aic": self.mixture.aic(z),
-                "train/n_iter": float(self.n_iter)}
+                "train/n_iter": float(self.n_iter), "train/degenerate_components": float(len(degenerate)),
+                **getattr(datamodule, "facts", {})}
+
+    def degenerate_components(self, n_train: int) -> dict[int, tuple[str, str]]:
+        """{component: (kind, why)} for covariances the data does not determine; warned of
+        with the remedy (rank 0)."""
+        mixture, reg = self.mixture, self.hparams.reg_covar
+        why = degenerate_components(mixture.weights, mixture.covariances, n_train, self.covariance_type, reg)
+        if why and self.global_rank == 0:
+            listed = "; ".join(f"component {j}: {text}" for j, (_, text) in list(why.items())[:8])
+            more = f"; and {len(why) - 8} more" if len(why) > 8 else ""
+            suggestion = suggested_reg_covar(mixture.weights, mixture.means, mixture.covariances, self.covariance_type)
+            log.warning("EM: %d of %d components are degenerate (%s%s): the data does not determine their "
+                        "covariances, model.reg_covar=%g alone keeps them invertible, and the likelihood is "
+                        "meaningless (train log-likelihood %.4g per sample). Remedy: %s", len(why),
+                        len(mixture.weights), listed, more, reg, float(self.lower_bound),
+                        remedy({kind for kind, _ in why.values()}, self.covariance_type, suggestion))
+        return why
 
 
 def load_start_values(path: str, k: int, d: int, covariance_type: str) -> dict[str, Tensor]:
