@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ..mixture import em
-from ..mixture.diagnostics import degenerate_components, remedy, suggested_reg_covar
+from ..mixture.diagnostics import degenerate_components, mean_feature_variance, remedy
 from ..mixture.density import (MixtureDensity, check_covariance_type, covariance_eigenvalues, covariance_shape,
                                precision_cholesky_from_covariance, precision_cholesky_from_precision)
 from ..nets.feature_extractor import FeatureExtractor
@@ -204,17 +204,17 @@ class EMGMM(MixtureModule):
     def degenerate_components(self, n_train: int) -> dict[int, tuple[str, str]]:
         """{component: (kind, why)} for covariances the data does not determine; warned of
         with the remedy (rank 0)."""
-        mixture, reg = self.mixture, self.hparams.reg_covar
-        why = degenerate_components(mixture.weights, mixture.covariances, n_train, self.covariance_type, reg)
+        m, reg = self.mixture, self.hparams.reg_covar
+        variance = mean_feature_variance(m.weights, m.means, m.covariances, self.covariance_type)
+        why = degenerate_components(m.weights, m.covariances, n_train, self.covariance_type, reg, variance)
         if why and self.global_rank == 0:
             listed = "; ".join(f"component {j}: {text}" for j, (_, text) in list(why.items())[:8])
             more = f"; and {len(why) - 8} more" if len(why) > 8 else ""
-            suggestion = suggested_reg_covar(mixture.weights, mixture.means, mixture.covariances, self.covariance_type)
             log.warning("EM: %d of %d components are degenerate (%s%s): the data does not determine their "
                         "covariances, model.reg_covar=%g alone keeps them invertible, and the likelihood is "
                         "meaningless (train log-likelihood %.4g per sample). Remedy: %s", len(why),
-                        len(mixture.weights), listed, more, reg, float(self.lower_bound),
-                        remedy({kind for kind, _ in why.values()}, self.covariance_type, suggestion))
+                        len(m.weights), listed, more, reg, float(self.lower_bound),
+                        remedy({kind for kind, _ in why.values()}, self.covariance_type, variance))
         return why
 
 
