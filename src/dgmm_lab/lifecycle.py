@@ -102,10 +102,7 @@ class RunLock:
         raise ConfigError(f"output dir {self.path.parent} is locked ({self.path}) and the lock could not be taken")
 
     def _take_over_if_stale(self) -> None:
-        try:
-            owner = json.loads(self.path.read_text() or "{}")
-        except (OSError, ValueError):
-            owner = {}
+        owner = lock_owner(self.path.parent)
         pid, host = owner.get("pid"), owner.get("host")
         if isinstance(pid, int) and host == socket.gethostname() and _alive(pid) and pid != os.getpid():
             raise ConfigError(f"output dir {self.path.parent} is in use by PID {pid} on {host} ({self.path}); "
@@ -205,11 +202,18 @@ def checkpoint_epoch(path: Path) -> int | None:
         return None
 
 
+def lock_owner(run_dir: Path) -> dict:
+    """{'pid', 'host'} of the run dir's lock; {} without a readable one."""
+    try:
+        return json.loads((run_dir / "run.lock").read_text() or "{}")
+    except (OSError, ValueError):
+        return {}
+
+
 def lock_owner_alive(run_dir: Path) -> bool:
     """Whether the process named in the run dir's lock is alive (on another host: assumed so)."""
-    try:
-        owner = json.loads((run_dir / "run.lock").read_text() or "{}")
-    except (OSError, ValueError):
+    owner = lock_owner(run_dir)
+    if not owner:
         return False
     if owner.get("host") != socket.gethostname():
         return True
