@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import FAST, compose_config, run_cli, train_in_process
-from dgmm_lab.config import ConfigError, check_config
+from dgmm_lab.config import ConfigError, check_config, check_overrides
 from dgmm_lab.data import ArrayDataModule
 from dgmm_lab.data.mnist import RAW_FILES, damaged_raw_file
 
@@ -41,6 +41,28 @@ def cli(args: list[str], tmp_path):
 ])
 def test_bad_value_is_one_line(args, needles, tmp_path):
     assert_one_error_line(cli(args, tmp_path), tmp_path, *needles)
+
+
+def test_bad_sweep_point_stops_the_sweep_before_any_job(tmp_path):
+    # the bad value is the second point: without the check the first job would train first
+    result = run_cli(["data.batch_size=256,0", *FAST, f"hydra.sweep.dir={tmp_path / 'out'}", "-m"], timeout=120)
+    assert_one_error_line(result, tmp_path, "data.batch_size=0 is not allowed; allowed: an integer >= 1")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["seed=1,abc"], "seed='abc' is not allowed"),
+    (["data.val_fraction=range(0.5,2,1)"], "data.val_fraction=1.5 is not allowed"),
+    (["+data.eval_batch_size=0"], "data.eval_batch_size=0 is not allowed"),
+])
+def test_sweep_points_are_checked_before_composing(args, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_overrides(args)
+
+
+@pytest.mark.parametrize("args", [["seed=${oc.env:SEED}"], ["data.val_fraction=interval(0,0.5)"], ["seed=1,2,3"],
+                                  ["trainer.max_epochs=null"], ["model.tol=1e-4"]])
+def test_sweep_points_that_pass_before_composing(args):
+    check_overrides(args)  # interpolations and drawn intervals are checked once composed
 
 
 # the neighbours take the same path (check_config, before anything is built): checked in-process

@@ -54,7 +54,9 @@ def group_options(group: str, conf_dir: Path = CONF_DIR) -> list[str]:
 
 
 def check_overrides(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
-    """Unknown config-group choices (``backbone=foo``), before Hydra composes anything."""
+    """Unknown config-group choices (``backbone=foo``) and numbers out of range, before Hydra
+    composes anything."""
+    check_override_ranges(argv)
     for arg in argv:
         if "=" not in arg or arg.startswith(("-", "+", "~", "hydra")):
             continue
@@ -70,6 +72,30 @@ def check_overrides(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
             if choice not in allowed and choice != "null":
                 raise ConfigError(f"{key}={choice!r} is not a known {key}; "
                                   f"allowed: {', '.join(allowed)}")
+
+
+def check_override_ranges(argv: list[str], ranges: dict[str, "Range"] | None = None) -> None:
+    """Every sweep point of a number ``VALUE_RANGES`` knows, before any job runs: a bad
+    second point (``data.batch_size=256,0 -m``) would otherwise end the sweep after the
+    first job trained.  check_config checks the composed values again."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    ranges = VALUE_RANGES if ranges is None else ranges
+    parser = OverridesParser.create()
+    for arg in argv:
+        key = arg.split("=", 1)[0].lstrip("+")
+        if "=" not in arg or key not in ranges:
+            continue
+        try:
+            override = parser.parse_overrides([arg])[0]
+        except Exception:  # malformed: Hydra says so itself
+            continue
+        if override.is_sweep_override() and not override.is_discrete_sweep():
+            continue  # interval(...): the sweeper draws the values
+        values = list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
+        for value in values:
+            if not (isinstance(value, str) and "${" in value):  # interpolations resolve later
+                _check_range(key, value, ranges[key])
 
 
 def _sweep_values(value: str) -> list[str]:
@@ -160,8 +186,13 @@ def check_ranges(cfg: DictConfig, ranges: dict[str, Range] = VALUE_RANGES) -> No
     """Every number of ``ranges`` that the config has, against its range."""
     for key, allowed in ranges.items():
         value = OmegaConf.select(cfg, key, default=_ABSENT)
-        if value is not _ABSENT and not allowed.allows(value):
-            raise ConfigError(f"{key}={value!r} is not allowed; allowed: {allowed.describe()}")
+        if value is not _ABSENT:
+            _check_range(key, value, allowed)
+
+
+def _check_range(key: str, value, allowed: Range) -> None:
+    if not allowed.allows(value):
+        raise ConfigError(f"{key}={value!r} is not allowed; allowed: {allowed.describe()}")
 
 
 def _check_fractions(cfg: DictConfig) -> None:
