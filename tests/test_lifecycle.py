@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -209,3 +210,17 @@ def test_help_prints_usage(module):
                             capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.startswith(f"usage: python -m dgmm_lab.{module}")
     assert not result.stderr
+
+
+def test_a_jobs_own_bad_input_fails_that_job_not_the_sweep(tmp_path):
+    (tmp_path / "empty.csv").write_text("")
+    rng = np.random.default_rng(0)
+    np.savetxt(tmp_path / "ok.csv", rng.normal(size=(300, 2)), delimiter=",", header="a,b", comments="")
+    result = train(["data=array", "data.path=empty.csv,ok.csv", "k=2", "debug=fast", "-m"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
+    assert f"sweep: 1 of 2 jobs finished, 1 failed: {sweep}" in result.stdout
+    (bad,) = sweep.glob("data.path=empty.csv*")
+    assert (bad / "error.txt").read_text().startswith("dgmm_lab: error: data.path=")
+    assert not (bad / "checkpoints").exists()
+    assert (next(sweep.glob("data.path=ok.csv*")) / "metrics.json").exists()

@@ -31,7 +31,8 @@ class MixturePictures(pl.Callback):
         return None
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        last = trainer.current_epoch + 1 >= (trainer.max_epochs or 0) or trainer.should_stop
+        capped = trainer.max_epochs is not None and trainer.max_epochs >= 0  # EM's -1: no cap
+        last = (capped and trainer.current_epoch + 1 >= trainer.max_epochs) or trainer.should_stop
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         if trainer.current_epoch % self.every_n_epochs and not last:

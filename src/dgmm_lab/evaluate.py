@@ -61,7 +61,7 @@ def evaluate(ckpt: Path, overrides: list[str], output_dir: Path | None = None) -
     content = check_checkpoint(ckpt, "ckpt_path")
     cfg = load_run_config(ckpt, overrides, content)
     torch.set_num_threads(cfg.num_threads)
-    pl.seed_everything(cfg.seed, workers=True)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, model = build(cfg)
     model.load_state_dict(content["state_dict"])
     trainer = pl.Trainer(accelerator=cfg.trainer.get("accelerator", "cpu"), devices=1, logger=False,

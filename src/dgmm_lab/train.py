@@ -161,7 +161,7 @@ def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
 
 def fit_and_test(cfg: DictConfig, output_dir: Path, ckpt_path: str | None, guard: SignalGuard) -> dict[str, float]:
     torch.set_num_threads(cfg.num_threads)
-    pl.seed_everything(cfg.seed, workers=True)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, model = build(cfg)
     is_em = isinstance(model, EMGMM)
     loggers = [instantiate(c) for c in cfg.get("logger", {}).values()]
@@ -247,9 +247,19 @@ def em_stop_reason(model, trainer: pl.Trainer) -> str:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     try:
-        return run(cfg)
+        check_config(cfg)  # wrong for every job of a sweep: ends the sweep
     except ConfigError as err:
         report_and_exit(err)
+    try:
+        return run(cfg)
+    except ConfigError as err:
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            report_and_exit(err)
+        # a job's own bad input (its data file, a busy run dir) fails that job, not the sweep
+        print(f"dgmm_lab: error: {err}", file=sys.stderr)
+        Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
+        Path(cfg.paths.output_dir, "error.txt").write_text(f"dgmm_lab: error: {err}\n")
+        return float("nan")
     except Exception:
         if HydraConfig.get().mode != RunMode.MULTIRUN:
             raise
