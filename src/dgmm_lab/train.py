@@ -6,9 +6,11 @@ Everything a run produces lives in its Hydra output directory: ``config.yaml`` (
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
+import re
 import signal
 import sys
 import traceback
@@ -21,11 +23,12 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from .callbacks import EMProgress
+from .composition import check_composes
 from .config import CONF_DIR, ConfigError, check_against_data, check_config, check_overrides, report_and_exit
 from .console import quiet_lightning, summary
 from .lifecycle import (Interrupted, RunLock, SignalGuard, archive_previous_results, check_checkpoint,
@@ -38,13 +41,28 @@ log = logging.getLogger(__name__)
 def build(cfg: DictConfig):
     """Data module (set up) and model, as the config describes them; shared with evaluate."""
     with user_errors_in_one_line():
-        datamodule = instantiate(cfg.data)
+        datamodule = instantiate_group(cfg, "data")
         datamodule.setup()
         check_against_data(cfg, datamodule)
-        backbone = instantiate(cfg.backbone, input_shape=datamodule.input_shape)
+        backbone = instantiate_group(cfg, "backbone", input_shape=datamodule.input_shape)
         extra = {"target_dim": datamodule.target_dim} if cfg.get("objective") == "mdn" and "DeepGMM" in cfg.model._target_ else {}
-        model = instantiate(cfg.model, backbone=backbone, **extra)
+        model = instantiate_group(cfg, "model", backbone=backbone, **extra)
     return datamodule, model
+
+
+def instantiate_group(cfg: DictConfig, group: str, **kwargs):
+    """instantiate(cfg[group]); a key its class does not take (``+model.foo=1``) is one line."""
+    try:
+        return instantiate(cfg[group], **kwargs)
+    except InstantiationException as err:
+        match = re.search(r"unexpected keyword argument '(\w+)'", str(err.__cause__ or ""))
+        if not isinstance(err.__cause__, TypeError) or not match:
+            raise
+        target = cfg[group]._target_
+        params = [name for name, p in inspect.signature(get_class(target)).parameters.items()
+                  if name not in kwargs and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+        raise ConfigError(f"{group}.{match.group(1)} is not a setting of {target}; "
+                          f"allowed: {', '.join(params)}") from None
 
 
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError)
@@ -274,6 +292,7 @@ def cli() -> None:
     quiet_lightning()
     try:
         check_overrides(sys.argv[1:])
+        check_composes(sys.argv[1:])
     except ConfigError as err:
         report_and_exit(err)
     main()

@@ -1,0 +1,89 @@
+"""Hydra's own composition errors as one ``dgmm_lab: error:`` line, before anything runs.
+
+Hydra reports a mistyped key (``model.lambda_enrgy=0.2``) or a malformed override in five
+lines and exit status 1.  ``check_composes`` composes the config once with the command's
+overrides (a sweep by its first point) and turns those errors into one line that names the
+key, its close matches and the keys allowed where it was meant to go.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+
+from omegaconf import DictConfig, OmegaConf
+
+from .config import CONF_DIR, ConfigError
+
+FLAGS = ("-m", "--multirun")
+
+
+def check_composes(argv: list[str]) -> None:
+    if any(a.startswith("-") and a not in FLAGS for a in argv):
+        return  # --help, --cfg, ...: Hydra's own business
+    overrides = [a for a in argv if a not in FLAGS]
+    points = [first_point(a) for a in overrides]
+    try:
+        compose([p for p in points if p is not None])
+    except ConfigError:
+        raise
+    except Exception as err:  # noqa: BLE001 (Hydra's and OmegaConf's errors have no common base)
+        raise ConfigError(explain(err, overrides, points)) from None
+
+
+def first_point(arg: str) -> str | None:
+    """The override as one job of the sweep sees it (its first value); None for hydra.*
+    keys and interval() draws, which only the sweeper understands."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if arg.lstrip("+~").startswith("hydra"):
+        return None
+    try:
+        override = OverridesParser.create().parse_overrides([arg])[0]
+    except Exception as err:  # noqa: BLE001
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"{arg!r} is not an override ({first}); allowed: key=value, +new_key=value, "
+                          "~key, or a sweep key=a,b with -m") from None
+    if not override.is_sweep_override():
+        return arg
+    if not override.is_discrete_sweep():
+        return None
+    return f"{override.get_key_element()}={next(iter(override.sweep_string_iterator()))}"
+
+
+def compose(overrides: list[str]) -> DictConfig:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return hydra_compose("train", overrides=overrides)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def explain(err: Exception, overrides: list[str], points: list[str | None]) -> str:
+    text = " ".join(str(err).split())
+    match = re.search(r"Could not override '([^']+)'\. To append", text)
+    if match:
+        key = match.group(1)
+        return unknown_key(key, [p for p, a in zip(points, overrides) if p is not None and not a.startswith(f"{key}=")])
+    return text.split(" Set the environment variable HYDRA_FULL_ERROR")[0]
+
+
+def unknown_key(key: str, other_overrides: list[str]) -> str:
+    parent, _, name = key.rpartition(".")
+    try:
+        cfg = compose(other_overrides)
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+    except Exception:  # noqa: BLE001
+        node = None
+    if not isinstance(node, DictConfig):
+        return f"{key} is not a key of the config; to add a new key use +{key}=..."
+    allowed = sorted(str(k) for k in node.keys())
+    close = difflib.get_close_matches(name, allowed, n=1)
+    hint = f"did you mean {parent + '.' if parent else ''}{close[0]}? " if close else ""
+    where = f"under {parent}" if parent else "at the top level"
+    return f"{key} is not a key of the config; {hint}allowed {where}: {', '.join(allowed)}"
