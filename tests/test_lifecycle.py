@@ -151,6 +151,32 @@ def test_a_broken_last_checkpoint_is_one_line_and_is_left_alone(damage, interrup
     assert "Traceback" not in ev.stderr
 
 
+def test_resuming_with_other_settings_is_one_line_and_changes_nothing(interrupted_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(interrupted_run, run_dir)
+    before = snapshot(run_dir)
+    other = train(["model=deep_gmm", "k=5", "covariance=diag", "trainer.max_epochs=400",
+                   "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}"], tmp_path)
+    assert other.returncode == 2
+    (line,) = error_lines(other.stderr)
+    assert line.startswith(f"dgmm_lab: error: resume: {run_dir / 'checkpoints' / 'last.ckpt'} was trained with "
+                           "covariance='full' (now 'diag'), k=3 (now 5)"), line
+    assert snapshot(run_dir) == before
+
+
+def test_without_a_run_dir_the_interruption_names_the_dir_to_resume(tmp_path):
+    proc = start(DEEP_LONG, tmp_path)
+    runs = tmp_path / "outputs" / "train" / "runs"
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(runs.glob("*/checkpoints/last.ckpt")):
+        time.sleep(0.2)
+    (run_dir,) = runs.iterdir()
+    wait_for_epoch(run_dir, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert f"to resume, run the same command with hydra.run.dir={run_dir} ({run_dir})" in stderr
+
+
 def test_a_checkpoint_copied_out_of_its_run_dir_evaluates_to_the_same_numbers(tmp_path):
     # test_ckpt=last: metrics.json's test/* are those of last.ckpt
     run = train(["model=deep_gmm", "debug=fast", "test_ckpt=last", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
@@ -165,6 +191,11 @@ def test_a_checkpoint_copied_out_of_its_run_dir_evaluates_to_the_same_numbers(tm
     assert ev.returncode == 0, ev.stderr[-3000:]
     (metrics_file,) = (elsewhere / "eval").glob("*/metrics.json")
     assert json.loads(metrics_file.read_text()) == {k: v for k, v in expected.items() if k.startswith("test/")}
+    changed = subprocess.run([sys.executable, "-m", "dgmm_lab.evaluate", "ckpt_path=model.ckpt", "k=5"],
+                             cwd=elsewhere, capture_output=True, text=True)
+    assert changed.returncode == 2 and error_lines(changed.stderr) == [
+        "dgmm_lab: error: k=5 cannot change a trained model; allowed: data=GROUP, data.* (data.limit_test=1000, "
+        "data.path=...), trainer.accelerator, num_threads"], changed.stderr
 
 
 def test_a_successful_run_ends_with_its_metrics_directory_and_next_commands(tmp_path):
@@ -204,6 +235,18 @@ def test_a_sweep_lists_its_interrupted_job_and_the_report_shows_it(tmp_path):
     assert "interrupted (SIGTERM; last.ckpt of epoch" in row
 
 
+@pytest.mark.parametrize("args, expected", [
+    ([], "dgmm_lab: error: expected one SWEEP_DIR, got 0 arguments; usage: python -m dgmm_lab.report SWEEP_DIR"),
+    (["nonexistent"], "dgmm_lab: error: SWEEP_DIR='nonexistent' is not a directory; usage: "),
+    (["."], "dgmm_lab: error: SWEEP_DIR='.' holds no job directories (with .hydra/overrides.yaml); "),
+])
+def test_report_usage_errors_are_one_line(args, expected, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "dgmm_lab.report", *args], cwd=tmp_path,
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.strip().startswith(expected), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("module", ["evaluate", "report"])
 def test_help_prints_usage(module):
     result = subprocess.run([sys.executable, "-m", f"dgmm_lab.{module}", "--help"], cwd=ROOT,
@@ -217,7 +260,7 @@ def test_a_jobs_own_bad_input_fails_that_job_not_the_sweep(tmp_path):
     rng = np.random.default_rng(0)
     np.savetxt(tmp_path / "ok.csv", rng.normal(size=(300, 2)), delimiter=",", header="a,b", comments="")
     result = train(["data=array", "data.path=empty.csv,ok.csv", "k=2", "debug=fast", "-m"], tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 1, result.stderr[-3000:]  # all jobs ran; one failed
     (sweep,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
     assert f"sweep: 1 of 2 jobs finished, 1 failed: {sweep}" in result.stdout
     (bad,) = sweep.glob("data.path=empty.csv*")

@@ -16,7 +16,7 @@ def test_sweep_report_and_evaluate(tmp_path):
     # (a job that fails while training: its loss overflows; a bad value would stop the sweep in one line)
     broken = run_cli(["model=deep_gmm", "k=3", "debug=fast", "model.lr=1e30",
                       f"hydra.sweep.dir={sweep}", "-m"])
-    assert broken.returncode == 0, broken.stderr[-3000:]
+    assert broken.returncode == 1, broken.stderr[-3000:]  # a sweep with a failed job exits 1
     report = subprocess.run([sys.executable, "-m", "dgmm_lab.report", str(sweep)], cwd=ROOT,
                             capture_output=True, text=True)
     assert report.returncode == 0, report.stderr[-3000:]

@@ -124,14 +124,21 @@ class MixturePictures(pl.Callback):
         writer.add_image("images/completions", grid, step)
 
 
-class EMProgress(pl.Callback):
-    """One log line per EM iteration (the iteration is the epoch; a bar over its batches says little)."""
+class EpochLines(pl.Callback):
+    """One log line per epoch where no progress bar is drawn: EM (its iteration is the
+    epoch, a bar over its batches says little) and output to a file or pipe."""
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:  # after the M-step and validation
         if not trainer.is_global_zero:
             return
         m = pl_module.exact_metrics
         if "train/log_likelihood" in m:
-            log.info("EM iteration %d: train log-likelihood %.6f per sample (change %.3g), val/nll %.6f",
-                     int(pl_module.n_iter), m["train/log_likelihood"], m.get("train/log_likelihood_change", 0.0),
+            change = m.get("train/log_likelihood_change", 0.0) if int(pl_module.n_iter) > 1 else None
+            log.info("EM iteration %d: train log-likelihood %.6f per sample (change %s), val/nll %.6f",
+                     int(pl_module.n_iter), m["train/log_likelihood"], "-" if change is None else f"{change:.3g}",
                      m.get("val/nll", float("nan")))
+            return
+        logged = trainer.callback_metrics
+        shown = ", ".join(f"{k} {float(logged[k]):.6g}" for k in ("train/loss", "val/nll") if k in logged)
+        last = f"/{trainer.max_epochs - 1}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
+        log.info("epoch %d%s: %s", trainer.current_epoch, last, shown)

@@ -119,6 +119,25 @@ def check_config(cfg: DictConfig) -> None:
     check_ranges(cfg)
     _check_fractions(cfg)
     _check_epochs(cfg)
+    _check_monitor_and_device(cfg)
+
+
+# what checkpoints and sweeps can minimise: validation metrics logged every epoch
+MONITORED = ("val/nll", "val/bits_per_dim", "train/loss")
+
+
+def _check_monitor_and_device(cfg: DictConfig) -> None:
+    metric = cfg.get("optimized_metric")
+    if metric is not None and metric not in MONITORED:
+        raise ConfigError(f"optimized_metric={metric!r} is not allowed; allowed: {', '.join(MONITORED)} "
+                          "(minimised; val/bits_per_dim for image densities)")
+    accelerator = str(cfg.get("trainer", {}).get("accelerator", "cpu"))
+    if accelerator in ("gpu", "cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"trainer.accelerator={accelerator!r} but this machine has no CUDA device; "
+                              "allowed here: cpu (trainer=cpu)")
 
 
 @dataclass(frozen=True)

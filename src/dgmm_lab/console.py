@@ -5,6 +5,7 @@ directory and the commands to look further."""
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 from pathlib import Path
 
@@ -14,6 +15,9 @@ HARMLESS_WARNINGS = (
     r"`LightningModule.configure_optimizers` returned `None`",  # EM has no optimiser
     r".*does not have many workers",                       # in-memory tensors: workers are slower
     r"The number of training batches .* is smaller than the logging interval",
+    r"The `srun` command is available on your system but is not used",  # we launch ranks ourselves
+    r"It is recommended to use `self.log\(.*sync_dist=True",  # our metrics are gathered already
+    r"Checkpoint directory .* exists and is not empty",      # a resumed run writes into its own
 )
 HARMLESS_LOG_LINES = ("💡 Tip:", "TPU available", "`weights_only` was not set")
 
@@ -59,16 +63,21 @@ class SweepSummary:
     finished and the commands to look at the whole sweep."""
 
     def on_multirun_end(self, config, **kwargs) -> None:
+        """Exits 1 when a job failed: a wrapper must not count the sweep a success."""
         from .report import read_jobs, unfinished_counts
 
         sweep_dir = Path(config.hydra.sweep.dir).resolve()
         if not sweep_dir.is_dir():
             return
         jobs = read_jobs(sweep_dir)
-        rest = "".join(f", {n} {s}" for s, n in unfinished_counts(jobs).items())
+        unfinished = unfinished_counts(jobs)
+        rest = "".join(f", {n} {s}" for s, n in unfinished.items())
         print(f"\nsweep: {sum(j['status'] == 'done' for j in jobs)} of {len(jobs)} jobs finished{rest}: {sweep_dir}\n"
               f"report:      python -m dgmm_lab.report {sweep_dir}\n"
               f"tensorboard: tensorboard --logdir {sweep_dir} --host 127.0.0.1")
+        if unfinished.get("failed"):
+            sys.stdout.flush()
+            sys.exit(1)
 
     def __getattr__(self, name):  # Hydra calls every other hook of its Callback interface
         if name.startswith("on_"):

@@ -26,6 +26,10 @@ USAGE = ("usage: python -m dgmm_lab.evaluate ckpt_path=CHECKPOINT [output_dir=DI
          "  key=value   a dotted key of the run's config (data.limit_test=1000) or data=GROUP")
 
 
+# what evaluating a trained model may change: the data it is scored on and where it runs
+EVALUATE_MAY_CHANGE = ("data.", "trainer.accelerator", "num_threads")
+
+
 def load_run_config(ckpt: Path, overrides: list[str], content: dict | None = None) -> DictConfig:
     saved = ckpt.resolve().parent.parent / "config.yaml"
     if content is not None and content.get("dgmm_lab_config"):
@@ -39,6 +43,9 @@ def load_run_config(ckpt: Path, overrides: list[str], content: dict | None = Non
         cfg.model.init_from = None  # the checkpoint holds the trained values; start values are moot
     for item in overrides:
         key, value = item.split("=", 1)
+        if key != "data" and not key.startswith(EVALUATE_MAY_CHANGE):
+            raise ConfigError(f"{key}={value} cannot change a trained model; allowed: data=GROUP, data.* "
+                              "(data.limit_test=1000, data.path=...), trainer.accelerator, num_threads")
         if key == "data":  # a whole data group, resolved against the run's paths
             group_file = CONF_DIR / "data" / f"{value}.yaml"
             if not group_file.exists():
@@ -48,6 +55,9 @@ def load_run_config(ckpt: Path, overrides: list[str], content: dict | None = Non
         else:
             OmegaConf.update(cfg, key, yaml.safe_load(value) if value else value, merge=True)
     OmegaConf.resolve(cfg)
+    from .config import check_ranges
+
+    check_ranges(cfg)  # data.batch_size=0 and the like, as train checks them
     return cfg
 
 

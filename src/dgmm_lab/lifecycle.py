@@ -152,7 +152,7 @@ class SignalGuard:
             raise KeyboardInterrupt  # Lightning shuts down cleanly on it
 
 
-RESULTS = ("metrics.json", "status.json", "config.yaml", "checkpoints", "tensorboard", "csv", "ranks", "error.txt")
+RESULTS = ("metrics.json", "status.json", "config.yaml", "overrides.yaml", "checkpoints", "tensorboard", "csv", "ranks", "error.txt")
 
 
 def archive_previous_results(run_dir: Path) -> Path | None:

@@ -25,13 +25,24 @@ def read_jobs(sweep_dir: Path) -> list[dict]:
     jobs = []
     for overrides_file in sorted(sweep_dir.rglob(".hydra/overrides.yaml")):
         job_dir = overrides_file.parent.parent
-        overrides = yaml.safe_load(overrides_file.read_text()) or []
+        # the overrides the run trained with (train.py writes them as it starts); Hydra's
+        # .hydra/ copy is rewritten by any later command pointed at the same dir
+        own = job_dir / "overrides.yaml"
+        overrides = yaml.safe_load((own if own.exists() else overrides_file).read_text()) or []
         params = dict(o.split("=", 1) for o in overrides if "=" in o)
         metrics_file = job_dir / "metrics.json"
         metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
         jobs.append({"job": str(job_dir.relative_to(sweep_dir)) or ".", "params": params,
                      "status": job_status(job_dir, metrics), "metrics": metrics})
-    return jobs
+    return sorted(jobs, key=lambda j: sorted((k, _natural(v)) for k, v in j["params"].items()))
+
+
+def _natural(value: str):
+    """k=5 before k=10: numbers compare as numbers, the rest as text."""
+    try:
+        return (0, float(value), "")
+    except ValueError:
+        return (1, 0.0, value)
 
 
 def job_status(job_dir: Path, metrics: dict) -> str:
@@ -81,8 +92,6 @@ def best_values(jobs: list[dict], metrics: list[str]) -> dict[str, float]:
 
 def write_report(sweep_dir: Path) -> Path:
     jobs = read_jobs(sweep_dir)
-    if not jobs:
-        raise SystemExit(f"dgmm_lab: error: no job directories (with .hydra/overrides.yaml) under {sweep_dir}")
     keys = swept_keys(jobs)
     present = {m for j in jobs for m in j["metrics"]}
     metrics = [m for m in MAIN_METRICS if m in present]
@@ -142,16 +151,32 @@ def plot_metrics(jobs: list[dict], metrics: list[str], out_dir: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in argv):
-        print("usage: python -m dgmm_lab.report SWEEP_DIR\n"
-              "  SWEEP_DIR  a sweep's directory (outputs/train/multiruns/<time>); writes report.md,\n"
-              "             report.csv and <metric>.png there and prints the table")
+        print(USAGE)
         return
-    if len(argv) != 1 or not Path(argv[0]).is_dir():
-        raise SystemExit("dgmm_lab: error: usage: python -m dgmm_lab.report SWEEP_DIR "
-                         f"(got {' '.join(argv) or 'nothing'})")
+    if len(argv) != 1:
+        _fail(f"expected one SWEEP_DIR, got {len(argv)} arguments; {USAGE.splitlines()[0]}")
+    if not Path(argv[0]).is_dir():
+        _fail(f"SWEEP_DIR={argv[0]!r} is not a directory; {USAGE.splitlines()[0]}")
+    jobs = read_jobs(Path(argv[0]))
+    if not jobs:
+        _fail(f"SWEEP_DIR={argv[0]!r} holds no job directories (with .hydra/overrides.yaml); "
+              "allowed: a sweep's directory, outputs/train/multiruns/<time>")
     report = write_report(Path(argv[0]))
-    print(report.read_text())
-    print(f"written: {report}, {report.with_suffix('.csv')} and PNG plots")
+    try:
+        print(report.read_text())
+        print(f"written: {report}, {report.with_suffix('.csv')} and PNG plots")
+    except BrokenPipeError:  # | head: the reader has what it wanted
+        sys.stderr.close()
+
+
+USAGE = ("usage: python -m dgmm_lab.report SWEEP_DIR\n"
+         "  SWEEP_DIR  a sweep's directory (outputs/train/multiruns/<time>); writes report.md,\n"
+         "             report.csv and <metric>.png there and prints the table")
+
+
+def _fail(message: str) -> None:
+    print(f"dgmm_lab: error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

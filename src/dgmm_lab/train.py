@@ -11,7 +11,7 @@ import json
 import logging
 import math
 import re
-import signal
+import shutil
 import sys
 import traceback
 from contextlib import contextmanager
@@ -27,12 +27,13 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from .callbacks import EMProgress
+from .callbacks import EpochLines
 from .composition import check_composes
 from .config import CONF_DIR, ConfigError, check_against_data, check_config, check_overrides, report_and_exit
 from .console import quiet_lightning, summary
-from .lifecycle import (Interrupted, RunLock, SignalGuard, archive_previous_results, check_checkpoint,
-                        checkpoint_epoch, global_rank_from_env, read_status, write_json_atomically, write_status)
+from .lifecycle import (Interrupted, RunLock, SignalGuard, archive_previous_results, global_rank_from_env,
+                        write_json_atomically, write_status)
+from .resume import absolute_paths, finished_run, record_interruption, resume_checkpoint
 from .models.em_gmm import EMGMM
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,7 @@ def run(cfg: DictConfig) -> float | None:
             lock.acquire()
             if not cfg.get("resume", True):
                 archive_previous_results(output_dir)
+        absolute_paths(cfg)
         ckpt_path = resume_checkpoint(cfg, output_dir)
         if is_rank_zero:
             write_status(output_dir, "running")
@@ -137,44 +139,16 @@ def run(cfg: DictConfig) -> float | None:
                 metrics = fit_and_test(cfg, output_dir, ckpt_path, guard)
             except Interrupted as stop:
                 if is_rank_zero:
-                    record_interruption(output_dir, stop.signum, guard)
-                raise
-            except ConfigError:
+                    record_interruption(output_dir, stop.signum)
                 raise
             except Exception as err:
                 if is_rank_zero:
-                    write_status(output_dir, "failed", error=f"{type(err).__name__}: {err}"[:500])
+                    what = str(err) if isinstance(err, ConfigError) else f"{type(err).__name__}: {err}"
+                    write_status(output_dir, "failed", error=what[:500])
                 raise
         return metrics.get(cfg.optimized_metric)
     finally:
         lock.release()
-
-
-def finished_run(cfg: DictConfig, output_dir: Path) -> dict | None:
-    """The metrics of a finished run in output_dir, which is not trained again (one line says
-    so); None when there is something to train."""
-    if cfg.get("ckpt_path") is not None or not cfg.get("resume", True):
-        return None
-    if read_status(output_dir).get("state") != "finished":
-        return None
-    print(f"dgmm_lab: {output_dir} holds a finished run (status.json, metrics.json); nothing was retrained. "
-          "To train again: resume=false (moves its results to replaced-<time>/) or another hydra.run.dir",
-          file=sys.stderr)
-    metrics_file = output_dir / "metrics.json"
-    return json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
-
-
-def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
-    """ckpt_path=..., else the run dir's last.ckpt when resuming; checked before it is trusted."""
-    if cfg.get("ckpt_path") is not None:
-        check_checkpoint(Path(cfg.ckpt_path), "ckpt_path")
-        return str(cfg.ckpt_path)
-    last = output_dir / "checkpoints" / "last.ckpt"
-    if not cfg.get("resume", True) or not last.exists():
-        return None
-    check_checkpoint(last, "resume", remedy="run with resume=false to start afresh, or delete it")
-    log.info("resuming from %s", last)
-    return str(last)
 
 
 def fit_and_test(cfg: DictConfig, output_dir: Path, ckpt_path: str | None, guard: SignalGuard) -> dict[str, float]:
@@ -183,13 +157,19 @@ def fit_and_test(cfg: DictConfig, output_dir: Path, ckpt_path: str | None, guard
     datamodule, model = build(cfg)
     is_em = isinstance(model, EMGMM)
     loggers = [instantiate(c) for c in cfg.get("logger", {}).values()]
-    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()] + ([EMProgress()] if is_em else [])
-    # EM: one line per iteration instead of a progress bar over one iteration's batches
-    trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
-                                      **({"enable_progress_bar": False, "enable_model_summary": False} if is_em else {}))
+    # EM: one line per iteration instead of a progress bar over one iteration's batches; a
+    # bar written to a file or pipe is only fragments of redrawn lines: a line per epoch there
+    quiet = {"enable_progress_bar": False, "enable_model_summary": False} if is_em else \
+        {} if sys.stderr.isatty() else {"enable_progress_bar": False}
+    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()]
+    if quiet or not cfg.trainer.get("enable_progress_bar", True):
+        callbacks.append(EpochLines())
+    trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, **quiet)
     if trainer.is_global_zero:
         output_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+        if HydraConfig.initialized():  # what dgmm_lab.report reads as this job's swept keys
+            OmegaConf.save(OmegaConf.create(list(HydraConfig.get().overrides.task)), output_dir / "overrides.yaml")
     model.run_config = OmegaConf.to_container(cfg, resolve=True)  # checkpoints are self-contained
 
     with lightning_stops(guard):
@@ -202,12 +182,15 @@ def fit_and_test(cfg: DictConfig, output_dir: Path, ckpt_path: str | None, guard
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     best = getattr(trainer.checkpoint_callback, "best_model_path", "")
     if best and trainer.checkpoint_callback.best_model_score is not None:
-        metrics[f"best/{cfg.optimized_metric}"] = float(trainer.checkpoint_callback.best_model_score)
+        # float64 where the model tracked it (base.MixtureModule), Lightning's float32 otherwise
+        metrics[f"best/{cfg.optimized_metric}"] = model.exact_metrics.get(
+            f"best/{cfg.optimized_metric}", float(trainer.checkpoint_callback.best_model_score))
     if cfg.get("test", True):
         # test/* of the model selected on validation data (an overfitting late epoch must not
         # decide a comparison); test_ckpt=last tests the final weights instead
         use_best = cfg.get("test_ckpt", "best") == "best" and best
-        log.info("testing %s", best if use_best else "the final weights")
+        if trainer.is_global_zero:
+            log.info("testing %s", best if use_best else "the final weights")
         with lightning_stops(guard):
             trainer.test(model, datamodule=datamodule, verbose=False, ckpt_path=best if use_best else None)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
@@ -241,16 +224,6 @@ def lightning_stops(guard: SignalGuard):
         guard.in_fit = False
 
 
-def record_interruption(output_dir: Path, signum: int, guard: SignalGuard) -> None:
-    last = output_dir / "checkpoints" / "last.ckpt"
-    epoch = checkpoint_epoch(last)
-    write_status(output_dir, "interrupted", signal=signal.Signals(signum).name,
-                 last_checkpoint=str(last) if last.exists() else None, last_checkpoint_epoch=epoch)
-    where = f"checkpoints/last.ckpt is of epoch {epoch}" if epoch is not None else "no checkpoint was written yet"
-    print(f"dgmm_lab: interrupted by {signal.Signals(signum).name}; {where}; run the same command "
-          f"again to resume ({output_dir})", file=sys.stderr)
-
-
 def em_stop_reason(model, trainer: pl.Trainer) -> str:
     n, tol = int(model.n_iter), model.hparams.tol
     change = model.exact_metrics.get("train/log_likelihood_change", float("nan"))
@@ -267,11 +240,13 @@ def main(cfg: DictConfig) -> float | None:
     try:
         check_config(cfg)  # wrong for every job of a sweep: ends the sweep
     except ConfigError as err:
+        remove_if_untouched(Path(cfg.paths.output_dir))
         report_and_exit(err)
     try:
         return run(cfg)
     except ConfigError as err:
         if HydraConfig.get().mode != RunMode.MULTIRUN:
+            remove_if_untouched(Path(cfg.paths.output_dir))
             report_and_exit(err)
         # a job's own bad input (its data file, a busy run dir) fails that job, not the sweep
         print(f"dgmm_lab: error: {err}", file=sys.stderr)
@@ -288,8 +263,22 @@ def main(cfg: DictConfig) -> float | None:
         return float("nan")  # a failed trial to Optuna; listed as failed by dgmm_lab.report
 
 
+def remove_if_untouched(output_dir: Path) -> None:
+    """A run refused before it started leaves no dated dir behind (only Hydra's .hydra/ and an
+    empty log would be in it)."""
+    if not output_dir.is_dir() or global_rank_from_env() != 0:
+        return
+    names = {p.name for p in output_dir.iterdir()}
+    log_file = output_dir / "train.log"
+    if names <= {".hydra", "train.log"} and (not log_file.exists() or log_file.stat().st_size == 0):
+        shutil.rmtree(output_dir, ignore_errors=True)
+
+
 def cli() -> None:
     quiet_lightning()
+    # overrides appended after a trailing -m are still overrides (Hydra's argparse wants them first)
+    flags = [a for a in sys.argv[1:] if a in ("-m", "--multirun")]
+    sys.argv = [sys.argv[0], *flags, *(a for a in sys.argv[1:] if a not in flags)]
     try:
         check_overrides(sys.argv[1:])
         check_composes(sys.argv[1:])

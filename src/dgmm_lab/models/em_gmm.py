@@ -152,6 +152,7 @@ class EMGMM(MixtureModule):
             "train/min_covariance_eigenvalue": float(covariance_eigenvalues(result.covariances,
                                                                             self.covariance_type).min()),
             "train/empty_components": float(len(result.empty_components)),
+            "train/n_iter": float(self.n_iter),  # iterations run (the tested checkpoint may be an earlier one)
         })
         self._log_histogram("train/weights", result.weights)
         if abs(change) < self.hparams.tol or int(self.n_iter) >= self.hparams.max_iter:
@@ -192,13 +193,13 @@ class EMGMM(MixtureModule):
         return self.mixture.responsibilities(self.backbone(x).double())
 
     def final_metrics(self, datamodule) -> dict[str, float]:
-        """BIC, AIC, iterations and the count of degenerate components (warned of, with the
+        """BIC, AIC and the count of degenerate components (warned of, with the
         remedy) of the weights tested, and the data module's facts (data/constant_columns, ...)."""
         x, _ = datamodule.tensors("train")
         z = self.backbone(x.to(self.device)).double()
         degenerate = self.degenerate_components(len(x))
         return {"train/bic": self.mixture.bic(z), "train/aic": self.mixture.aic(z),
-                "train/n_iter": float(self.n_iter), "train/degenerate_components": float(len(degenerate)),
+                "train/degenerate_components": float(len(degenerate)),
                 **getattr(datamodule, "facts", {})}
 
     def degenerate_components(self, n_train: int) -> dict[int, tuple[str, str]]:
