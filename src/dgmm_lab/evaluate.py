@@ -92,10 +92,13 @@ def evaluate(ckpt: Path, overrides: list[str], output_dir: Path | None = None) -
 
 
 def main(argv: list[str] | None = None) -> None:
+    from .console import quiet_lightning
+
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in argv):
         print(USAGE)
         return
+    quiet_lightning()
     try:
         args = dict(a.split("=", 1) for a in argv if a.startswith(("ckpt_path=", "output_dir=")))
         rest = [a for a in argv if not a.startswith(("ckpt_path=", "output_dir="))]
