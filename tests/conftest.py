@@ -31,7 +31,7 @@ def compose_config(overrides: list[str], output_dir: Path):
 
 def train_in_process(overrides: list[str], output_dir: Path) -> dict:
     """Run the training entry point in this process; returns metrics.json."""
-    from dgmm_lab.train import run
+    from dgmm_lab.training import run
 
     cfg = compose_config(overrides, output_dir)
     run(cfg)
@@ -59,7 +59,7 @@ def load_model(run_dir: Path, ckpt: str = "last.ckpt"):
     import torch
 
     from dgmm_lab.evaluate import load_run_config
-    from dgmm_lab.train import build
+    from dgmm_lab.training import build
 
     path = run_dir / "checkpoints" / ckpt
     datamodule, model = build(load_run_config(path, []))

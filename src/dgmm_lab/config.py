@@ -13,7 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from .mixture.density import COVARIANCE_TYPES
+from .mixture.covariance_types import COVARIANCE_TYPES
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 OBJECTIVES = ("nll", "dagmm", "vade", "mdn")

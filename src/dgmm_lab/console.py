@@ -34,6 +34,8 @@ def quiet_lightning() -> None:
     for pattern in HARMLESS_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
     drop = _DropHarmless()
+    for handler in logging.getLogger().handlers:  # Hydra's: Lightning propagates to them when imported after
+        handler.addFilter(drop)
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric",
                  "pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
         logger = logging.getLogger(name)

@@ -66,7 +66,7 @@ def evaluate(ckpt: Path, overrides: list[str], output_dir: Path | None = None) -
     import torch
 
     from .lifecycle import check_checkpoint
-    from .train import build
+    from .training import build
 
     content = check_checkpoint(ckpt, "ckpt_path")
     cfg = load_run_config(ckpt, overrides, content)

@@ -22,7 +22,7 @@ import math
 import torch
 from torch import Tensor
 
-COVARIANCE_TYPES = ("full", "diag", "spherical", "tied")
+from .covariance_types import COVARIANCE_TYPES  # one list, shared with the CLI
 
 
 def check_covariance_type(covariance_type: str) -> str:
