@@ -51,7 +51,8 @@ def test_ddp_under_slurm_matches_one_process(tmp_path):
     two = run_cli([*common, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", *SLURM,
                    f"hydra.sweep.dir={tmp_path / 'slurm'}", "hydra.sweep.subdir=job", "-m"])
     assert two.returncode == 0, two.stderr[-3000:]
-    logs = "".join(p.read_text() for p in (tmp_path / "slurm").glob(".submitit/*/*_log.err"))
+    # Lightning's lines go through Hydra's job logging (stdout) since it is imported after it
+    logs = "".join(p.read_text() for p in (tmp_path / "slurm").glob(".submitit/*/*_log.*"))
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in logs  # Slurm started the second rank
     a = json.loads((tmp_path / "one" / "metrics.json").read_text())
     b = json.loads((tmp_path / "slurm" / "job" / "metrics.json").read_text())
