@@ -267,3 +267,19 @@ def test_a_jobs_own_bad_input_fails_that_job_not_the_sweep(tmp_path):
     assert (bad / "error.txt").read_text().startswith("dgmm_lab: error: data.path=")
     assert not (bad / "checkpoints").exists()
     assert (next(sweep.glob("data.path=ok.csv*")) / "metrics.json").exists()
+
+
+def test_a_requeued_slurm_job_takes_over_its_own_lock_from_another_node(tmp_path, monkeypatch):
+    from dgmm_lab.config import ConfigError
+    from dgmm_lab.lifecycle import RunLock
+
+    (tmp_path / "run.lock").write_text(json.dumps({"pid": 1, "host": "node-a", "slurm_job": "4242"}))
+    monkeypatch.setenv("SLURM_JOB_ID", "4243")  # another job: the lock stands
+    with pytest.raises(ConfigError, match="is locked by PID 1 on host node-a"):
+        RunLock(tmp_path).acquire()
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")  # the same job after its requeue
+    lock = RunLock(tmp_path)
+    lock.acquire()
+    assert json.loads((tmp_path / "run.lock").read_text())["pid"] == os.getpid()
+    lock.release()
+    assert not (tmp_path / "run.lock").exists()

@@ -96,7 +96,8 @@ class RunLock:
                 self._take_over_if_stale()
                 continue
             with os.fdopen(fd, "w") as f:
-                json.dump({"pid": os.getpid(), "host": socket.gethostname()}, f)
+                json.dump({"pid": os.getpid(), "host": socket.gethostname(),
+                           "slurm_job": os.environ.get("SLURM_JOB_ID")}, f)
             self.held = True
             return
         raise ConfigError(f"output dir {self.path.parent} is locked ({self.path}) and the lock could not be taken")
@@ -104,6 +105,12 @@ class RunLock:
     def _take_over_if_stale(self) -> None:
         owner = lock_owner(self.path.parent)
         pid, host = owner.get("pid"), owner.get("host")
+        requeued = owner.get("slurm_job") is not None and owner.get("slurm_job") == os.environ.get("SLURM_JOB_ID")
+        if requeued:  # this Slurm job before its requeue, maybe on another node: it is gone
+            log.warning("taking over the lock %s of this Slurm job's run before its requeue (PID %s on %s)",
+                        self.path, pid, host)
+            self.path.unlink(missing_ok=True)
+            return
         if isinstance(pid, int) and host == socket.gethostname() and _alive(pid) and pid != os.getpid():
             raise ConfigError(f"output dir {self.path.parent} is in use by PID {pid} on {host} ({self.path}); "
                               "wait for it to finish, or give this run another hydra.run.dir")
