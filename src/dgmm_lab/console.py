@@ -30,18 +30,20 @@ class _DropHarmless(logging.Filter):
         return not str(record.getMessage()).startswith(HARMLESS_LOG_LINES)
 
 
+_DROP = _DropHarmless()  # one instance: addFilter ignores a second add, so quiet_lightning may run twice
+
+
 def quiet_lightning() -> None:
     for pattern in HARMLESS_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
-    drop = _DropHarmless()
     for handler in logging.getLogger().handlers:  # Hydra's: Lightning propagates to them when imported after
-        handler.addFilter(drop)
-    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric",
-                 "pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
+        handler.addFilter(_DROP)
+    for name in ("pytorch_lightning", "lightning_fabric", "pytorch_lightning.utilities.rank_zero",
+                 "lightning_fabric.utilities.rank_zero"):
         logger = logging.getLogger(name)
-        logger.addFilter(drop)
+        logger.addFilter(_DROP)
         for handler in logger.handlers:
-            handler.addFilter(drop)
+            handler.addFilter(_DROP)
 
 
 def summary(metrics: dict[str, float], run_dir: Path, sweep_dir: Path | None, stopped: str | None) -> str:

@@ -22,15 +22,11 @@ from .config import ConfigError
 
 log = logging.getLogger(__name__)
 
-# exit statuses a shell gives a process killed by these signals (128 + number)
-EXIT_STATUS = {signal.SIGTERM: 128 + signal.SIGTERM, signal.SIGINT: 128 + signal.SIGINT}
-
-
 class Interrupted(SystemExit):
-    """A run stopped by a signal; its ``code`` is the shell's 128 + signal number."""
+    """A run stopped by a signal; its ``code`` is the shell's 128 + signal number (143, 130)."""
 
     def __init__(self, signum: int):
-        super().__init__(EXIT_STATUS.get(signum, 128 + signum))
+        super().__init__(128 + signum)
         self.signum = signum
 
 
@@ -105,19 +101,18 @@ class RunLock:
     def _take_over_if_stale(self) -> None:
         owner = lock_owner(self.path.parent)
         pid, host = owner.get("pid"), owner.get("host")
-        requeued = owner.get("slurm_job") is not None and owner.get("slurm_job") == os.environ.get("SLURM_JOB_ID")
-        if requeued:  # this Slurm job before its requeue, maybe on another node: it is gone
+        if owner.get("slurm_job") is not None and owner["slurm_job"] == os.environ.get("SLURM_JOB_ID"):
+            # this Slurm job before its requeue, maybe on another node: it is gone
             log.warning("taking over the lock %s of this Slurm job's run before its requeue (PID %s on %s)",
                         self.path, pid, host)
-            self.path.unlink(missing_ok=True)
-            return
-        if isinstance(pid, int) and host == socket.gethostname() and _alive(pid) and pid != os.getpid():
-            raise ConfigError(f"output dir {self.path.parent} is in use by PID {pid} on {host} ({self.path}); "
-                              "wait for it to finish, or give this run another hydra.run.dir")
-        if isinstance(pid, int) and host not in (None, socket.gethostname()):
+        elif lock_owner_alive(self.path.parent) and pid != os.getpid():
+            if host == socket.gethostname():
+                raise ConfigError(f"output dir {self.path.parent} is in use by PID {pid} on {host} ({self.path}); "
+                                  "wait for it to finish, or give this run another hydra.run.dir")
             raise ConfigError(f"output dir {self.path.parent} is locked by PID {pid} on host {host} ({self.path}); "
                               "if that run is gone, delete the lock file")
-        log.warning("taking over the stale lock %s of PID %s (that process is gone)", self.path, pid)
+        else:
+            log.warning("taking over the stale lock %s of PID %s (that process is gone)", self.path, pid)
         self.path.unlink(missing_ok=True)
 
     def release(self) -> None:

@@ -179,9 +179,8 @@ def fit_and_test(cfg: DictConfig, output_dir: Path, ckpt_path: str | None, guard
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     best = getattr(trainer.checkpoint_callback, "best_model_path", "")
     if best and trainer.checkpoint_callback.best_model_score is not None:
-        # float64 where the model tracked it (base.MixtureModule), Lightning's float32 otherwise
-        metrics[f"best/{cfg.optimized_metric}"] = model.exact_metrics.get(
-            f"best/{cfg.optimized_metric}", float(trainer.checkpoint_callback.best_model_score))
+        # Lightning's float32; the model's float64 copy (base.MixtureModule) replaces it below
+        metrics[f"best/{cfg.optimized_metric}"] = float(trainer.checkpoint_callback.best_model_score)
     if cfg.get("test", True):
         # test/* of the model selected on validation data (an overfitting late epoch must not
         # decide a comparison); test_ckpt=last tests the final weights instead
