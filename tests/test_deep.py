@@ -162,7 +162,7 @@ def test_a_run_that_loads_the_cached_pretraining_equals_the_run_that_wrote_it(tm
 
 @pytest.mark.parametrize("covariance_type", ["full", "tied", "diag", "spherical"])
 def test_floor_variances_raises_only_the_small_eigenvalues(covariance_type):
-    from dgmm_lab.objectives.vade import floor_variances
+    from dgmm_lab.mixture.covariances import floor_variances
     torch.manual_seed(0)
     q = torch.linalg.qr(torch.randn(2, 4, 4, dtype=torch.float64))[0]
     values = torch.tensor([[1e-5, 0.5, 1.0, 2.0], [0.3, 0.4, 1.0, 3.0]], dtype=torch.float64)

@@ -131,7 +131,7 @@ def test_emptied_component_is_reseeded_with_a_warning():
 
 
 def test_singular_covariance_is_jittered_then_reported(caplog):
-    from dgmm_lab.mixture.em import stable_precision_cholesky
+    from dgmm_lab.mixture.covariances import stable_precision_cholesky
 
     x = np.zeros((20, 2))
     x[:, 0] = np.arange(20)  # second feature constant: singular covariance without reg_covar

@@ -165,21 +165,15 @@ class ArrayDataModule(TensorDataModule):
     # ------------------------------------------------------------------ splits
     def make_splits(self) -> dict[str, TensorDataset]:
         x, y = self.load()
-        g = torch.Generator().manual_seed(self.split_seed)
         if self.anomaly_protocol:
             if int(y.min()) < 0:
                 raise ValueError("data.normal_label needs labels: set data.label")
             normal = (y == self.normal_label).nonzero().flatten()
-            normal = normal[torch.randperm(len(normal), generator=g)]
-            n_test, n_val = int(len(normal) * self.test_fraction), int(len(normal) * self.val_fraction)
-            anomalies = (y != self.normal_label).nonzero().flatten()
-            parts = {"test": torch.cat([normal[:n_test], anomalies]), "val": normal[n_test:n_test + n_val],
-                     "train": normal[n_test + n_val:]}
+            parts = {name: normal[idx] for name, idx in self.split_indices(len(normal)).items()}
+            parts["test"] = torch.cat([parts["test"], (y != self.normal_label).nonzero().flatten()])
             y = (y != self.normal_label).long()
         else:
-            order = torch.randperm(len(x), generator=g)
-            n_test, n_val = int(len(x) * self.test_fraction), int(len(x) * self.val_fraction)
-            parts = {"test": order[:n_test], "val": order[n_test:n_test + n_val], "train": order[n_test + n_val:]}
+            parts = self.split_indices(len(x))
         self.facts = self._check_columns(x[parts["train"]].numpy())
         offset, scale = self._fit_scaling(x[parts["train"]])
         return {name: TensorDataset(((x[idx] - offset) / scale).float(), y[idx]) for name, idx in parts.items()}
@@ -194,7 +188,7 @@ class ArrayDataModule(TensorDataModule):
         if constant:
             _warn("data: %d of %d feature columns are constant on the training split (columns %s): they carry "
                   "no information and make every covariance singular along them (held up by model.reg_covar "
-                  "or model.min_scale alone, which inflates the likelihood); drop them%s",
+                  "or objective.min_scale alone, which inflates the likelihood); drop them%s",
                   len(constant), width, _listed(names, constant), _keep_hint(names, constant))
         if extreme:
             peaks = ", ".join(f"{float(np.abs(x_train[:, c]).max()):.3g}" for c in extreme)

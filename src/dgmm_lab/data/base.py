@@ -50,12 +50,14 @@ class TensorDataModule(pl.LightningDataModule):
 
     def make_splits(self) -> dict[str, TensorDataset]:
         x, y = self.load()
-        n = x.shape[0]
+        return {name: TensorDataset(x[idx].float(), y[idx]) for name, idx in self.split_indices(len(x)).items()}
+
+    def split_indices(self, n: int) -> dict[str, Tensor]:
+        """A random partition of range(n) by ``split_seed``: index tensors for "test" and
+        "val" (``int(n * fraction)`` each) and "train" (the rest)."""
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
         n_test, n_val = int(n * self.test_fraction), int(n * self.val_fraction)
-        parts = {"test": order[:n_test], "val": order[n_test:n_test + n_val],
-                 "train": order[n_test + n_val:]}
-        return {name: TensorDataset(x[idx].float(), y[idx]) for name, idx in parts.items()}
+        return {"test": order[:n_test], "val": order[n_test:n_test + n_val], "train": order[n_test + n_val:]}
 
     def setup(self, stage: str | None = None) -> None:
         if not self.splits:

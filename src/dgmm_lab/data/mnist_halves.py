@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
+from ..mixture.covariances import principal_axes
 from .mnist import MNISTDataModule
 
 ROWS = 14  # rows 0-13 are the input, rows 14-27 the target
@@ -46,10 +47,7 @@ class MNISTHalvesDataModule(MNISTDataModule):
         return splits
 
     def _fit_pca(self, bottom: Tensor) -> None:
-        mean = bottom.mean(0)
-        _, s, vh = torch.linalg.svd(bottom - mean, full_matrices=False)
-        # deterministic signs: the largest loading of each component is positive
-        vh = vh * torch.sign(vh.gather(1, vh.abs().argmax(1, keepdim=True)))
+        mean, s, vh = principal_axes(bottom)
         std = s[: self.code_dim] / max(len(bottom) - 1, 1) ** 0.5
         self.code_mean, self.code_basis = mean, vh[: self.code_dim]
         self.code_scale = std if self.whiten else torch.ones_like(std)

@@ -129,10 +129,15 @@ def precision_cholesky_from_covariance(covariances: Tensor, covariance_type: str
         raise torch.linalg.LinAlgError(
             f"covariance of component {bad} is not positive definite"
         )
-    eye = torch.eye(batched.shape[-1], dtype=batched.dtype, device=batched.device)
-    eye = eye.expand_as(batched)
-    prec_chol = torch.linalg.solve_triangular(cov_chol, eye, upper=False).transpose(-1, -2)
+    prec_chol = precision_cholesky_from_cholesky(cov_chol)
     return prec_chol if covariance_type == "full" else prec_chol[0]
+
+
+def precision_cholesky_from_cholesky(cov_chol: Tensor) -> Tensor:
+    """Lower Cholesky factor L of Sigma (..., D, D) -> upper P = L^{-T} with P P^T = Sigma^{-1}:
+    one triangular solve, differentiable."""
+    eye = torch.eye(cov_chol.shape[-1], dtype=cov_chol.dtype, device=cov_chol.device)
+    return torch.linalg.solve_triangular(cov_chol, eye.expand_as(cov_chol), upper=False).transpose(-1, -2)
 
 
 def covariance_from_precision_cholesky(prec_chol: Tensor, covariance_type: str) -> Tensor:
@@ -234,18 +239,19 @@ class MixtureDensity:
     def covariance_eigenvalues(self) -> Tensor:
         return covariance_eigenvalues(self.covariances, self.covariance_type)
 
-    def component_log_prob(self, x: Tensor, x_sq: Tensor | None = None) -> Tensor:
-        """(N, D) -> (N, K): log pi_k + log N(x | mu_k, Sigma_k)."""
+    def weighted_log_prob(self, x: Tensor, x_sq: Tensor | None = None) -> Tensor:
+        """(N, D) -> (N, K): log pi_k + log N(x | mu_k, Sigma_k) (scikit-learn's
+        ``_estimate_weighted_log_prob``; the function ``component_log_prob`` lacks log pi_k)."""
         return component_log_prob(x, self.means, self.precisions_cholesky,
                                   self.covariance_type, x_sq) + self.log_weights
 
     def log_prob(self, x: Tensor) -> Tensor:
         """(N, D) -> (N,): log p(x), a log-sum-exp over components."""
-        return torch.logsumexp(self.component_log_prob(x), dim=-1)
+        return torch.logsumexp(self.weighted_log_prob(x), dim=-1)
 
     def log_responsibilities(self, x: Tensor, x_sq: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(N, D) -> (log p(x) (N,), log p(k | x) (N, K))."""
-        weighted = self.component_log_prob(x, x_sq)
+        weighted = self.weighted_log_prob(x, x_sq)
         log_norm = torch.logsumexp(weighted, dim=-1)
         return log_norm, weighted - log_norm.unsqueeze(-1)
 
@@ -253,26 +259,13 @@ class MixtureDensity:
         return self.log_responsibilities(x)[1].exp()
 
     def predict(self, x: Tensor) -> Tensor:
-        return self.component_log_prob(x).argmax(-1)
+        return self.weighted_log_prob(x).argmax(-1)
 
     def rsample(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Draw n samples (n, D) and their component labels (n,); differentiable in
         means and precision factors (not in the discrete labels)."""
-        labels = torch.multinomial(self.weights.detach(), n, replacement=True,
-                                   generator=generator)
-        eps = torch.randn(n, self.dim, dtype=self.means.dtype, device=self.means.device,
-                          generator=generator)
-        p = self.precisions_cholesky
-        if self.covariance_type in ("diag", "spherical"):
-            scale = p[labels] if self.covariance_type == "diag" else p[labels].unsqueeze(-1)
-            offset = eps / scale
-        else:
-            # x - mu = eps P^{-1}:  solve P^T (x - mu)^T = eps^T with P^T lower triangular
-            factors = p[labels] if self.covariance_type == "full" else p.expand(n, -1, -1)
-            offset = torch.linalg.solve_triangular(
-                factors.transpose(-1, -2), eps.unsqueeze(-1), upper=False
-            ).squeeze(-1)
-        return self.means[labels] + offset, labels
+        return sample_mixture(self.log_weights, self.means, self.precisions_cholesky, self.covariance_type,
+                              n, generator)
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
@@ -300,6 +293,43 @@ def precision_cholesky_from_precision(precisions: Tensor, covariance_type: str) 
         return precisions.sqrt()
     flipped = precisions.flip(-1, -2)
     return torch.linalg.cholesky(flipped).flip(-1, -2)
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def sample_mixture(log_weights: Tensor, means: Tensor, prec_chol: Tensor, covariance_type: str, n: int,
+                   generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """n draws from one mixture, or from each of N per-sample mixtures (an MDN's output).
+
+    One mixture: log_weights (K,), means (K, D), precision factors in this module's shapes
+    -> draws (n, D), labels (n,).  N mixtures: log_weights (N, K), means (N, K, D), factors
+    full (N, K, D, D), tied (N, D, D), diag (N, K, D), spherical (N, K) -> (N, n, D), (N, n).
+    Differentiable in means and precision factors (not in the discrete labels)."""
+    labels = torch.multinomial(log_weights.detach().exp(), n, replacement=True, generator=generator)
+    batch = labels.dim() - 1  # the component axis of every parameter
+    d = means.shape[-1]
+    eps = torch.randn(*labels.shape, d, dtype=means.dtype, device=means.device, generator=generator)
+    if covariance_type == "tied":
+        factors = prec_chol.unsqueeze(batch).expand(*labels.shape, d, d)
+    else:
+        factors = _per_draw(prec_chol, labels, {"full": 2, "diag": 1, "spherical": 0}[covariance_type])
+    if covariance_type == "diag":
+        offset = eps / factors
+    elif covariance_type == "spherical":
+        offset = eps / factors.unsqueeze(-1)
+    else:
+        # x - mu = eps P^{-1}:  solve P^T (x - mu)^T = eps^T with P^T lower triangular
+        offset = torch.linalg.solve_triangular(factors.transpose(-1, -2), eps.unsqueeze(-1),
+                                               upper=False).squeeze(-1)
+    return _per_draw(means, labels, 1) + offset, labels
+
+
+def _per_draw(values: Tensor, labels: Tensor, event_dims: int) -> Tensor:
+    """(*B, K, *E) -> (*B, n, *E): each draw's component, by its label (*B, n)."""
+    batch = labels.dim() - 1
+    index = labels.reshape(*labels.shape, *(1,) * event_dims).expand(*labels.shape, *values.shape[batch + 1:])
+    return values.gather(batch, index)
 
 
 # --------------------------------------------------------------------------- per-sample mixtures

@@ -11,15 +11,14 @@ The products may run in float32 (``compute_dtype``) for speed; accumulation stay
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor
 
+from .covariances import stable_precision_cholesky
 from .density import MixtureDensity, precision_cholesky_from_covariance
-
-log = logging.getLogger(__name__)
+from .kmeans import kmeans_plus_plus, lloyd
 
 # as scikit-learn: keeps an emptied component's weight and mean finite
 _NK_EPS = 10 * torch.finfo(torch.float64).eps
@@ -142,20 +141,28 @@ def chunk_rows(k: int, d: int, covariance_type: str) -> int:
 
 @dataclass
 class MStepResult:
+    """Weights (K,), means (K, D), covariances and precision factors (shapes per type),
+    and the components that lost all their mass."""
+
     weights: Tensor
     means: Tensor
     covariances: Tensor
     precisions_cholesky: Tensor
     empty_components: list[int]
 
+    def mixture(self, covariance_type: str) -> MixtureDensity:
+        return MixtureDensity(self.weights.log(), self.means, self.precisions_cholesky, covariance_type)
+
 
 def m_step(stats: SufficientStats, shift: Tensor, covariance_type: str,
-           reg_covar: float = 1e-6) -> MStepResult:
-    """New weights, means, covariances (float64) from summed statistics.
+           reg_covar: float = 1e-6, nk_eps: float = _NK_EPS) -> MStepResult:
+    """New weights, means, covariances (float64) from summed statistics: ``nk_eps`` is
+    added to every N_k, ``reg_covar`` to every variance.  Differentiable in the statistics
+    (DAGMM's estimation network trains through it).
 
     Raises ``torch.linalg.LinAlgError`` naming the component if a covariance is still not
     positive definite after regularisation."""
-    nk = stats.nk + _NK_EPS
+    nk = stats.nk + nk_eps
     n = stats.n_samples
     centred_means = stats.sx / nk.unsqueeze(-1)
     means = centred_means + shift.double()
@@ -176,32 +183,6 @@ def m_step(stats: SufficientStats, shift: Tensor, covariance_type: str,
     return MStepResult(nk / n, means, cov, prec_chol, empty)
 
 
-def stable_precision_cholesky(cov: Tensor, covariance_type: str, reg_covar: float,
-                              retries: int = 4) -> tuple[Tensor, Tensor]:
-    """Cholesky of the precision; on failure add growing jitter (logged), then give up
-    with an error that names the component and the setting to raise."""
-    jitter = max(reg_covar, 1e-10)
-    for attempt in range(retries + 1):
-        try:
-            return cov, precision_cholesky_from_covariance(cov, covariance_type)
-        except torch.linalg.LinAlgError as err:
-            if attempt == retries:
-                raise torch.linalg.LinAlgError(
-                    f"{err} even after adding jitter {jitter / 10:.1e} to the diagonal; "
-                    f"the data may be degenerate: increase reg_covar (now {reg_covar:g})"
-                ) from None
-            log.warning("%s; retrying with jitter %.1e on the diagonal", err, jitter)
-            cov = _add_to_diagonal(cov, jitter, covariance_type)
-            jitter *= 10
-    raise AssertionError("unreachable")
-
-
-def _add_to_diagonal(cov: Tensor, value: float, covariance_type: str) -> Tensor:
-    if covariance_type in ("full", "tied"):
-        return cov + value * torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
-    return cov + value
-
-
 def _symmetrise(cov: Tensor, covariance_type: str) -> Tensor:
     if covariance_type in ("full", "tied"):
         return 0.5 * (cov + cov.transpose(-1, -2))
@@ -211,55 +192,15 @@ def _symmetrise(cov: Tensor, covariance_type: str) -> Tensor:
 # --------------------------------------------------------------------------- initialisation
 
 
-def kmeans_plus_plus(x: Tensor, k: int, generator: torch.Generator,
-                     n_local_trials: int | None = None) -> Tensor:
-    """Greedy k-means++ seeding (as scikit-learn): (N, D) -> (k, D) centres."""
-    n = x.shape[0]
-    n_local_trials = n_local_trials or 2 + int(torch.tensor(float(k)).log())
-    first = torch.randint(n, (1,), generator=generator, device=x.device)
-    centres = [x[first[0]]]
-    closest = (x - centres[0]).pow(2).sum(-1)
-    for _ in range(1, k):
-        total = closest.sum()
-        if total <= 0:  # fewer distinct points than k: take any remaining point
-            idx = torch.randint(n, (1,), generator=generator, device=x.device)
-            centres.append(x[idx[0]])
-            continue
-        candidates = torch.multinomial(closest / total, n_local_trials, replacement=True,
-                                       generator=generator)
-        dists = torch.cdist(x[candidates], x).pow(2)
-        pot = torch.minimum(closest, dists).sum(-1)
-        best = int(pot.argmin())
-        closest = torch.minimum(closest, dists[best])
-        centres.append(x[candidates[best]])
-    return torch.stack(centres)
-
-
-def lloyd(x: Tensor, centres: Tensor, n_iter: int = 10) -> tuple[Tensor, Tensor]:
-    """A few Lloyd iterations; empty clusters keep their centre.  Returns (centres, labels)."""
-    labels = torch.cdist(x, centres).argmin(-1)
-    for _ in range(n_iter):
-        one_hot = torch.nn.functional.one_hot(labels, centres.shape[0]).to(x.dtype)
-        counts = one_hot.sum(0)
-        sums = one_hot.T @ x
-        keep = counts > 0
-        centres = torch.where(keep.unsqueeze(-1), sums / counts.clamp_min(1).unsqueeze(-1), centres)
-        new_labels = torch.cdist(x, centres).argmin(-1)
-        if torch.equal(new_labels, labels):
-            break
-        labels = new_labels
-    return centres, labels
-
-
 def initial_responsibilities(x: Tensor, k: int, method: str,
                              generator: torch.Generator) -> Tensor:
     """(N, K) responsibilities to start EM from, as scikit-learn's ``init_params``."""
     n = x.shape[0]
     if method == "kmeans":
-        _, labels = lloyd(x, kmeans_plus_plus(x, k, generator))
+        _, labels = lloyd(x, kmeans_plus_plus(x, k, generator)[0])
         return torch.nn.functional.one_hot(labels, k).to(x.dtype)
     if method == "k-means++":
-        centres = kmeans_plus_plus(x, k, generator)
+        centres, _ = kmeans_plus_plus(x, k, generator)
         labels = torch.cdist(x, centres).argmin(-1)
         return torch.nn.functional.one_hot(labels, k).to(x.dtype)
     if method == "random":
@@ -292,6 +233,39 @@ def stats_from_responsibilities(x: Tensor, resp: Tensor, shift: Tensor,
     else:
         stats.sxx += resp.T @ centred.pow(2)
     return stats
+
+
+def initial_mixture(x: Tensor, k: int, covariance_type: str, method: str, generator: torch.Generator,
+                    reg_covar: float = 1e-6, n_init: int = 1, shift: Tensor | None = None) -> MStepResult:
+    """Start values for EM on x (N, D): ``method``'s responsibilities, their statistics, one
+    M-step.  With ``n_init`` > 1 the restart whose mixture has the highest mean
+    log-likelihood on x is kept (the first of equals).  ``shift``: the centre the
+    statistics are taken around (default: the mean of x)."""
+    shift = x.double().mean(0) if shift is None else shift
+    best, best_score = None, None
+    for _ in range(n_init):
+        resp = initial_responsibilities(x, k, method, generator)
+        result = m_step(stats_from_responsibilities(x, resp, shift, covariance_type), shift, covariance_type,
+                        reg_covar)
+        if n_init == 1:
+            return result
+        score = float(result.mixture(covariance_type).log_prob(x.double()).mean())
+        if best is None or score > best_score:
+            best, best_score = result, score
+    return best
+
+
+def em_step(x: Tensor, mixture: MixtureDensity, shift: Tensor, reg_covar: float = 1e-6,
+            compute_dtype: torch.dtype = torch.float64,
+            batch_size: int | None = None) -> tuple[MStepResult, float, Tensor]:
+    """One EM iteration on x (N, D), the E-step ``batch_size`` rows at a time (all at once by
+    default): (M-step result, mean log-likelihood under ``mixture``, log p(x) (N,)).
+    Emptied components are left to the caller (``reseed_empty``)."""
+    stats = SufficientStats.zeros(mixture.n_components, x.shape[1], mixture.covariance_type, device=x.device)
+    log_p = torch.cat([accumulate(stats, xb, mixture, shift, compute_dtype)
+                       for xb in torch.split(x, batch_size or x.shape[0])])
+    lower_bound = float(stats.log_likelihood / stats.n_samples)
+    return m_step(stats, shift, mixture.covariance_type, reg_covar), lower_bound, log_p
 
 
 class WorstPoints:

@@ -119,9 +119,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             prec_chol = precision_cholesky_from_precision(self._tensor(self.precisions_init),
                                                           self.covariance_type)
             return MixtureDensity(weights.log(), means, prec_chol, self.covariance_type)
-        resp = em.initial_responsibilities(x, self.n_components, self.init_params, generator)
-        stats = em.stats_from_responsibilities(x, resp, shift, self.covariance_type)
-        r = em.m_step(stats, shift, self.covariance_type, self.reg_covar)
+        r = em.initial_mixture(x, self.n_components, self.covariance_type, self.init_params, generator,
+                               self.reg_covar, shift=shift)
         weights, means, prec_chol = r.weights, r.means, r.precisions_cholesky
         if self.weights_init is not None:
             weights = self._tensor(self.weights_init)
@@ -138,23 +137,18 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     def _run_em(self, x, mixture, shift) -> dict:
         compute_dtype = getattr(torch, self.compute_dtype)
-        batch = self.batch_size or x.shape[0]
         lower_bound, converged, n_iter = -math.inf, False, 0
         for n_iter in range(1, self.max_iter + 1):
-            stats = em.SufficientStats.zeros(self.n_components, x.shape[1],
-                                             self.covariance_type, device=x.device)
-            log_p = torch.cat([em.accumulate(stats, xb, mixture, shift, compute_dtype)
-                               for xb in torch.split(x, batch)])
-            previous, lower_bound = lower_bound, float(stats.log_likelihood / stats.n_samples)
-            result = em.m_step(stats, shift, self.covariance_type, self.reg_covar)
+            previous = lower_bound
+            result, lower_bound, log_p = em.em_step(x, mixture, shift, self.reg_covar, compute_dtype,
+                                                    self.batch_size)
             if result.empty_components:
                 worst = em.WorstPoints(len(result.empty_components))
                 worst.update(x, log_p)
                 warnings.warn(f"components {result.empty_components} lost all their mass "
                               "and were re-seeded at the worst-explained points")
                 result = em.reseed_empty(result, worst.points, self.covariance_type)
-            mixture = MixtureDensity(result.weights.log(), result.means,
-                                     result.precisions_cholesky, self.covariance_type)
+            mixture = result.mixture(self.covariance_type)
             if self.verbose:
                 print(f"iteration {n_iter}: mean log-likelihood {lower_bound:.6f}")
             if abs(lower_bound - previous) < self.tol:

@@ -12,18 +12,14 @@ from __future__ import annotations
 import logging
 import math
 import time
-from pathlib import Path
-
-import numpy as np
 import torch
 from torch import Tensor
 
 from ..mixture import em
 from ..mixture.diagnostics import degenerate_components, mean_feature_variance, remedy
-from ..mixture.density import (MixtureDensity, check_covariance_type, covariance_eigenvalues, covariance_shape,
-                               precision_cholesky_from_covariance, precision_cholesky_from_precision)
+from ..mixture.density import MixtureDensity, check_covariance_type, covariance_eigenvalues, covariance_shape
+from ..mixture.start_values import load_start_values
 from ..nets.feature_extractor import FeatureExtractor
-from ..config import ConfigError
 from ..distributed import sum_over_processes
 from .base import MixtureModule
 
@@ -92,9 +88,8 @@ class EMGMM(MixtureModule):
         is used as is, the rest comes from one M-step after ``init_params``."""
         given = {name: value.to(self.device) for name, value in self.given.items()}
         if len(given) < 3:
-            resp = em.initial_responsibilities(z, self.hparams.n_components, self.hparams.init_params, g)
-            stats = em.stats_from_responsibilities(z, resp, self.shift, self.covariance_type)
-            r = em.m_step(stats, self.shift, self.covariance_type, self.hparams.reg_covar)
+            r = em.initial_mixture(z, self.hparams.n_components, self.covariance_type, self.hparams.init_params, g,
+                                   self.hparams.reg_covar, shift=self.shift)
             given = {"weights": r.weights, "means": r.means, "precisions_cholesky": r.precisions_cholesky, **given}
         log.info("EM starts from the values in %s (%s)", self.hparams.init_from, ", ".join(sorted(self.given)))
         return given["weights"], given["means"], given["precisions_cholesky"]
@@ -102,17 +97,12 @@ class EMGMM(MixtureModule):
     def _initial_em(self, z: Tensor, g: torch.Generator):
         """One initialisation, refined by a few EM steps on the subsample; the restart with
         the best mean log-likelihood is kept (``n_init``)."""
-        k = self.hparams.n_components
-        resp = em.initial_responsibilities(z, k, self.hparams.init_params, g)
-        stats = em.stats_from_responsibilities(z, resp, self.shift, self.covariance_type)
-        r = em.m_step(stats, self.shift, self.covariance_type, self.hparams.reg_covar)
+        r = em.initial_mixture(z, self.hparams.n_components, self.covariance_type, self.hparams.init_params, g,
+                               self.hparams.reg_covar, shift=self.shift)
         lower_bound = -math.inf
         for _ in range(self.hparams.init_em_steps):
-            mixture = MixtureDensity(r.weights.log(), r.means, r.precisions_cholesky, self.covariance_type)
-            stats = em.SufficientStats.zeros(k, z.shape[1], self.covariance_type, z.device)
-            em.accumulate(stats, z, mixture, self.shift, self.compute_dtype)
-            lower_bound = float(stats.log_likelihood / stats.n_samples)
-            r = em.m_step(stats, self.shift, self.covariance_type, self.hparams.reg_covar)
+            r, lower_bound, _ = em.em_step(z, r.mixture(self.covariance_type), self.shift, self.hparams.reg_covar,
+                                           self.compute_dtype)
         return lower_bound, r.weights, r.means, r.precisions_cholesky
 
     # ------------------------------------------------------------------ EM iteration
@@ -218,42 +208,3 @@ class EMGMM(MixtureModule):
                         remedy({kind for kind, _ in why.values()}, self.covariance_type, variance))
         return why
 
-
-def load_start_values(path: str, k: int, d: int, covariance_type: str) -> dict[str, Tensor]:
-    """Start values from a ``.npz`` or ``.pt`` file with any of ``weights`` (K,), ``means``
-    (K, D) and ``precisions`` or ``covariances`` in scikit-learn's shapes for the covariance
-    type (full (K, D, D), tied (D, D), diag (K, D), spherical (K,)), in feature space
-    (after the backbone).  E.g. ``np.savez(f, weights=gm.weights_, means=gm.means_,
-    precisions=gm.precisions_)`` from a fitted scikit-learn model."""
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"model.init_from={path!r}: no such file")
-    raw = dict(np.load(file)) if file.suffix == ".npz" else torch.load(file, map_location="cpu")
-    known = ("weights", "means", "precisions", "covariances")
-    unknown = sorted(set(raw) - set(known))
-    if unknown or not raw or ("precisions" in raw and "covariances" in raw):
-        raise ConfigError(f"model.init_from={path!r} holds {sorted(raw)}; allowed: any of weights, means, "
-                          "and precisions or covariances")
-    cov_shape = covariance_shape(k, d, covariance_type)
-    shapes = {"weights": (k,), "means": (k, d), "precisions": cov_shape, "covariances": cov_shape}
-    values = {}
-    for name, value in raw.items():
-        value = torch.as_tensor(np.asarray(value), dtype=torch.float64)
-        if tuple(value.shape) != shapes[name] or not torch.isfinite(value).all():
-            raise ConfigError(f"model.init_from={path!r}: {name} has shape {tuple(value.shape)}"
-                              f"{'' if torch.isfinite(value).all() else ' and non-finite values'}; "
-                              f"allowed: finite values of shape {shapes[name]} (k={k}, {d} features, "
-                              f"covariance={covariance_type})")
-        values[name] = value
-    if "weights" in values and (bool((values["weights"] <= 0).any()) or abs(float(values["weights"].sum()) - 1) > 1e-6):
-        raise ConfigError(f"model.init_from={path!r}: weights must be positive and sum to 1")
-    try:
-        if "precisions" in values:
-            values["precisions_cholesky"] = precision_cholesky_from_precision(values.pop("precisions"), covariance_type)
-        elif "covariances" in values:
-            values["precisions_cholesky"] = precision_cholesky_from_covariance(values.pop("covariances"), covariance_type)
-    except torch.linalg.LinAlgError as err:
-        raise ConfigError(f"model.init_from={path!r}: {err}") from None
-    if "precisions_cholesky" in values and not torch.isfinite(values["precisions_cholesky"]).all():
-        raise ConfigError(f"model.init_from={path!r}: precisions must be positive")
-    return values

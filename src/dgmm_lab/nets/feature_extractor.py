@@ -12,9 +12,10 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..mixture.covariances import principal_axes
+
 
 class FeatureExtractor(nn.Module):
-    has_decoder = True
     needs_fit = False
 
     def __init__(self, input_shape):
@@ -55,12 +56,8 @@ class PCA(FeatureExtractor):
 
     @torch.no_grad()
     def fit(self, x: Tensor) -> "PCA":
-        x = x.flatten(1).double()
-        mean = x.mean(0)
-        _, s, vh = torch.linalg.svd(x - mean, full_matrices=False)
-        # sign convention: largest loading of each component positive (deterministic)
-        signs = torch.sign(vh.gather(1, vh.abs().argmax(1, keepdim=True)))
-        vh = vh * signs
+        x = x.flatten(1)
+        mean, s, vh = principal_axes(x)
         self.mean.copy_(mean)
         self.components.copy_(vh[: self.out_dim])
         if self.whiten:

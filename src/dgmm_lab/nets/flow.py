@@ -72,7 +72,6 @@ class Dequantize(nn.Module):
 class Flow(FeatureExtractor):
     """Invertible map of the flattened input; ``forward_with_log_det`` gives log|det J|."""
 
-    has_decoder = True
     invertible = True
 
     def __init__(self, input_shape, n_layers: int = 6, hidden: int = 64,

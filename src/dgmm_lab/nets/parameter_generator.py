@@ -18,16 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..mixture.density import MixtureDensity
-from ..mixture.em import stable_precision_cholesky
+from ..mixture.density import MixtureDensity, precision_cholesky_from_cholesky
+from ..mixture.em import SufficientStats, m_step
 
 
 def _inverse_softplus(y: Tensor) -> Tensor:
     return y + torch.log(-torch.expm1(-y))
-
-
-def _eye_like(d: int, ref: Tensor) -> Tensor:
-    return torch.eye(d, dtype=ref.dtype, device=ref.device)
 
 
 class GlobalParameters(nn.Module):
@@ -57,11 +53,8 @@ class GlobalParameters(nn.Module):
         if self.covariance_type in ("diag", "spherical"):
             return MixtureDensity(log_weights, self.means, 1.0 / scale, self.covariance_type)
         # covariance Cholesky L (lower, positive diagonal) -> precision factor P = L^{-T}
-        d = self.means.shape[1]
         chol = torch.tril(self.off_diagonal, -1) + torch.diag_embed(scale)
-        prec_chol = torch.linalg.solve_triangular(chol, _eye_like(d, chol).expand_as(chol),
-                                                  upper=False).transpose(-1, -2)
-        return MixtureDensity(log_weights, self.means, prec_chol, self.covariance_type)
+        return MixtureDensity(log_weights, self.means, precision_cholesky_from_cholesky(chol), self.covariance_type)
 
     @torch.no_grad()
     def set_from(self, weights: Tensor, means: Tensor, covariances: Tensor) -> None:
@@ -106,26 +99,19 @@ class AmortizedParameters(nn.Module):
 
     def mixture_from_moments(self, n: Tensor, s0: Tensor, s1: Tensor, s2: Tensor,
                              dtype: torch.dtype | None = None) -> MixtureDensity:
-        """Weights, means, covariances from the sums; computed in float64 (S2/S0 - mu mu^T
-        cancels badly in float32) with ``eps`` on the diagonal, returned in ``dtype``
-        (default: the sums' dtype)."""
+        """Weights, means, covariances from the sums: EM's M-step (``em.m_step``) with ``eps``
+        added to every N_k and variance; computed in float64 (S2/S0 - mu mu^T cancels badly
+        in float32), returned in ``dtype`` (default: the sums' dtype)."""
         dtype = dtype or s1.dtype
         n, s0, s1, s2 = (t.double() for t in (n, s0, s1, s2))
-        s0 = s0 + self.eps
-        means = s1 / s0.unsqueeze(-1)
-        cov = s2 / s0.view(-1, 1, 1) - means.unsqueeze(-1) * means.unsqueeze(1)
-        d = means.shape[1]
-        cov = 0.5 * (cov + cov.transpose(-1, -2)) + self.eps * _eye_like(d, cov)
-        if self.covariance_type == "tied":
-            cov = (cov * (s0 / s0.sum()).view(-1, 1, 1)).sum(0)
-        elif self.covariance_type == "diag":
-            cov = torch.diagonal(cov, dim1=-2, dim2=-1)
-        elif self.covariance_type == "spherical":
-            cov = torch.diagonal(cov, dim1=-2, dim2=-1).mean(-1)
-        # a membership collapsing onto a few codes can leave a covariance singular even
-        # with eps: retry with growing jitter (logged) instead of ending the run
-        _, prec_chol = stable_precision_cholesky(cov, self.covariance_type, self.eps)
-        return MixtureDensity((s0 / n).log().to(dtype), means.to(dtype), prec_chol.to(dtype),
+        # the M-step's second moments per covariance type; the tied one sums over components
+        # as EM's sum over samples does (memberships sum to one)
+        sxx = {"full": s2, "tied": s2.sum(0)}.get(self.covariance_type, torch.diagonal(s2, dim1=-2, dim2=-1))
+        stats = SufficientStats(s0, s1, sxx, n.new_zeros(()), n)
+        # m_step retries a covariance left singular by a membership collapsing onto a few codes
+        # with growing jitter (logged) instead of ending the run
+        r = m_step(stats, s1.new_zeros(s1.shape[1]), self.covariance_type, reg_covar=self.eps, nk_eps=self.eps)
+        return MixtureDensity(r.weights.log().to(dtype), r.means.to(dtype), r.precisions_cholesky.to(dtype),
                               self.covariance_type)
 
     def forward(self, z: Tensor, gamma: Tensor, reduce=None) -> MixtureDensity:
@@ -156,18 +142,6 @@ class AmortizedParameters(nn.Module):
             raise RuntimeError("the training-set mixture is not estimated yet (fit_training_set)")
         sums = (self.n_seen, self.sum_gamma, self.sum_z, self.sum_zz)
         return self.mixture_from_moments(*(s.to(dtype) for s in sums))
-
-
-def precision_diagonal(mixture: MixtureDensity) -> Tensor:
-    """diag(Sigma_k^{-1}) as (K, D) for every covariance type."""
-    p = mixture.precisions_cholesky
-    k, d = mixture.means.shape
-    if mixture.covariance_type == "diag":
-        return p.pow(2)
-    if mixture.covariance_type == "spherical":
-        return p.pow(2).unsqueeze(-1).expand(k, d)
-    diag = p.pow(2).sum(-1)  # (P P^T)_dd = sum_j P_dj^2
-    return diag.expand(k, d) if mixture.covariance_type == "tied" else diag
 
 
 def inverse_covariance_penalty(mixture: MixtureDensity) -> Tensor:
@@ -209,6 +183,4 @@ class ConditionalParameters(nn.Module):
         lower = h.new_zeros(*shape, d)
         lower[..., rows, cols] = off.view(*shape[:-1], -1)
         chol = lower + torch.diag_embed(scale.view(shape))
-        eye = _eye_like(d, chol).expand_as(chol)
-        prec_chol = torch.linalg.solve_triangular(chol, eye, upper=False).transpose(-1, -2)
-        return torch.log_softmax(logits, -1), means, prec_chol
+        return torch.log_softmax(logits, -1), means, precision_cholesky_from_cholesky(chol)

@@ -44,22 +44,9 @@ class MDNObjective(nn.Module):
     @torch.no_grad()
     def sample(self, x: Tensor, n: int, generator: torch.Generator | None = None) -> Tensor:
         """n draws of y for each x: (N, n, D)."""
-        log_w, means, prec_chol = self.conditional_mixture(x)
-        comps = torch.multinomial(log_w.exp(), n, replacement=True, generator=generator)  # (N, n)
-        d = means.shape[-1]
-        mu = torch.gather(means, 1, comps.unsqueeze(-1).expand(-1, -1, d))
-        eps = torch.randn(mu.shape, dtype=mu.dtype, device=mu.device, generator=generator)
-        if self.covariance_type == "diag":
-            return mu + eps / torch.gather(prec_chol, 1, comps.unsqueeze(-1).expand(-1, -1, d))
-        if self.covariance_type == "spherical":
-            return mu + eps / torch.gather(prec_chol, 1, comps).unsqueeze(-1)
-        # y - mu = eps P^{-1}: a triangular solve with the precision factor, no inversion
-        if self.covariance_type == "full":
-            factor = torch.gather(prec_chol, 1, comps[..., None, None].expand(-1, -1, d, d))
-        else:
-            factor = prec_chol.unsqueeze(1).expand(-1, n, d, d)
-        offset = torch.linalg.solve_triangular(factor.transpose(-1, -2), eps.unsqueeze(-1), upper=False)
-        return mu + offset.squeeze(-1)
+        from ..mixture.density import sample_mixture  # (may join the module's imports)
+
+        return sample_mixture(*self.conditional_mixture(x), self.covariance_type, n, generator)[0]
 
     @torch.no_grad()
     def conditional_mean(self, x: Tensor) -> Tensor:

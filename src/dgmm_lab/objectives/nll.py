@@ -48,17 +48,8 @@ class NLLObjective(nn.Module):
         z = self.features(x)[0].double()
         cov_type = self.parameter_generator.covariance_type
         k = self.parameter_generator.means.shape[0]
-        shift = z.mean(0)
-        best = None
-        for _ in range(n_init):
-            resp = em.initial_responsibilities(z, k, "kmeans", generator)
-            r = em.m_step(em.stats_from_responsibilities(z, resp, shift, cov_type), shift,
-                          cov_type, reg_covar=1e-6)
-            score = float(MixtureDensity(r.weights.log(), r.means, r.precisions_cholesky,
-                                         cov_type).log_prob(z).mean())
-            if best is None or score > best[0]:
-                best = (score, r)
-        self.parameter_generator.set_from(best[1].weights, best[1].means, best[1].covariances)
+        r = em.initial_mixture(z, k, cov_type, "kmeans", generator, reg_covar=1e-6, n_init=n_init)
+        self.parameter_generator.set_from(r.weights, r.means, r.covariances)
 
     def embed(self, x: Tensor) -> Tensor:
         return self.features(x)[0]

@@ -21,7 +21,8 @@ from torch import Tensor, nn
 from ..mixture.density import MixtureDensity, component_log_prob
 from ..mixture.estimator import GaussianMixture
 from ..nets.feature_extractor import FeatureExtractor
-from ..nets.parameter_generator import GlobalParameters, precision_diagonal
+from ..mixture.covariances import floor_variances, precision_diagonal
+from ..nets.parameter_generator import GlobalParameters
 
 log = logging.getLogger(__name__)
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -72,7 +73,7 @@ class VaDEObjective(nn.Module):
         mu, log_var = self.encode(x)
         z = mu + torch.randn_like(mu) * (0.5 * log_var).exp() if sample else mu
         mixture = self.mixture()
-        log_gamma = torch.log_softmax(mixture.component_log_prob(z), -1)
+        log_gamma = torch.log_softmax(mixture.weighted_log_prob(z), -1)
         gamma = log_gamma.exp()
         expected_log_pz_c = (component_log_prob(mu, mixture.means, mixture.precisions_cholesky,
                                                 mixture.covariance_type)
@@ -128,17 +129,3 @@ class VaDEObjective(nn.Module):
         out = self.backbone.decode(z)
         return torch.sigmoid(out) if self.likelihood == "bernoulli" else out
 
-
-def floor_variances(covariances: Tensor, covariance_type: str, floor: float) -> tuple[Tensor, int]:
-    """Raise every eigenvalue of the covariances below ``floor`` to it, eigenvectors kept.
-
-    covariances: scikit-learn's shapes, (K, D, D) full, (D, D) tied, (K, D) diag, (K,)
-    spherical; returns the same shape and how many eigenvalues were raised.
-    """
-    if covariance_type in ("diag", "spherical"):
-        return covariances.clamp_min(floor), int((covariances < floor).sum())
-    values, vectors = torch.linalg.eigh(covariances)
-    raised = int((values < floor).sum())
-    if not raised:
-        return covariances, 0
-    return (vectors * values.clamp_min(floor).unsqueeze(-2)) @ vectors.transpose(-1, -2), raised
