@@ -24,7 +24,7 @@ from pathlib import Path
 
 METHODS = {
     "em_gmm (PCA-50, full)": ["experiment=em_mnist_pca"],
-    "vade (MLP 500-500-2000)": ["experiment=vade_mnist", "model.pretrain_epochs={pre}",
+    "vade (MLP 500-500-2000)": ["experiment=vade_mnist", "objective.pretrain_epochs={pre}",
                                 "trainer.max_epochs={epochs}"],
     "dagmm (MLP)": ["model=deep_gmm", "objective=dagmm", "backbone=mlp", "backbone.hidden=[500,500]",
                     "covariance=full", "trainer.max_epochs={epochs}"],

@@ -44,9 +44,17 @@ def test_bad_value_is_one_line(args, needles, tmp_path):
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["model=deep_gmm", "objective=dagmm", "model.lambda_enrgy=0.1,0.2", "-m"],
-     "dgmm_lab: error: model.lambda_enrgy is not a key of the config; did you mean model.lambda_energy? "
-     "allowed under model: _target_, "),
+    (["model=deep_gmm", "objective=dagmm", "objective.lambda_enrgy=0.1,0.2", "-m"],
+     "dgmm_lab: error: objective.lambda_enrgy is not a key of the config; did you mean objective.lambda_energy? "
+     "allowed under objective: dropout, estimation_hidden, lambda_cov, lambda_energy"),
+    (["model=deep_gmm", "objective=dagmm", "model.lambda_energy=0.2"],
+     "dgmm_lab: error: model.lambda_energy is not a key of the config; it is now objective.lambda_energy"),
+    (["model=deep_gmm", "+objective.lambda_enrgy=0.2"],
+     "dgmm_lab: error: objective.lambda_enrgy is not a setting of dgmm_lab.objectives.nll.NLLObjective; "
+     "allowed: min_scale, n_init"),
+    (["objective=dagmm"], "dgmm_lab: error: objective is a setting of model=deep_gmm only"),
+    (["hparams_search=dagmm", "objective=nll"],
+     "dgmm_lab: error: hparams_search=dagmm searches objective.lambda_energy, which this run's config does not have"),
     (["trainer.max_epoch=3"], "dgmm_lab: error: trainer.max_epoch is not a key of the config; "
                               "did you mean trainer.max_epochs? allowed under trainer: "),
     (["kk=3"], "dgmm_lab: error: kk is not a key of the config; did you mean k? allowed at the top level: "),
@@ -102,7 +110,7 @@ def test_sweep_points_that_pass_before_composing(args):
     (["model.reg_covar=-1"], "model.reg_covar=-1 is not allowed; allowed: a number >= 0"),
     (["model.tol=-1"], "model.tol=-1 is not allowed"),
     (["model.max_iter=0"], "model.max_iter=0 is not allowed"),
-    (["model=deep_gmm", "model.lr=0"], "model.lr=0 is not allowed; allowed: a number > 0"),
+    (["model=deep_gmm", "model.optimizer.lr=0"], "model.optimizer.lr=0 is not allowed; allowed: a number > 0"),
     (["data.batch_size=true"], "data.batch_size=True is not allowed"),
 ])
 def test_bad_neighbouring_value_is_refused(args, message, tmp_path):

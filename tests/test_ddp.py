@@ -55,7 +55,7 @@ def test_deep_gmm_two_processes_equal_one_with_the_same_global_batch(tmp_path):
     # batch 128 see exactly the samples of one process with batch 256; DDP averages the
     # gradients of the two half-batch means = the gradient of the full-batch mean
     common = ["model=deep_gmm", "objective=nll", "backbone=identity", "debug=fast", "data.n_samples=3000",
-              "trainer.max_epochs=3", "model.lr=0.01"]
+              "trainer.max_epochs=3", "model.optimizer.lr=0.01"]
     one = train(tmp_path, "one", [*common, "data.batch_size=256"])
     two = train(tmp_path, "two", [*common, "data.batch_size=128", "trainer=ddp", "trainer.accelerator=cpu",
                                   "trainer.devices=2"])
@@ -68,10 +68,25 @@ def test_dagmm_two_processes_equal_one_with_the_same_global_batch(tmp_path):
     # batch moments are all-reduced with gradients and the evaluation mixture is summed over
     # the ranks' shares of the training set, so (without dropout, whose masks are per rank)
     # two ranks x 128 train and evaluate as one process x 256
-    common = ["model=deep_gmm", "objective=dagmm", "backbone=mlp", "model.estimation_dropout=0", "debug=fast",
+    common = ["model=deep_gmm", "objective=dagmm", "backbone=mlp", "objective.dropout=0", "debug=fast",
               "data.n_samples=3000", "data.dim=4", "trainer.max_epochs=3", "test_ckpt=last"]
     one = train(tmp_path, "one", [*common, "data.batch_size=256"])
     two = train(tmp_path, "two", [*common, "data.batch_size=128", "trainer=ddp", "trainer.accelerator=cpu",
                                   "trainer.devices=2"])
     for key in ("val/nll", "test/nll"):
+        assert two[key] == pytest.approx(one[key], rel=1e-4), key
+
+
+def test_vade_pretraining_two_processes_equal_one_with_the_same_global_batch(tmp_path):
+    # the autoencoder pre-training is its own loop before the first step: with two ranks it
+    # must average their gradients as DDP does, so both ranks start VaDE from the autoencoder
+    # one process with the same global batch trains.  No VaDE epoch after it (its sampled
+    # codes draw per-rank noise): test/* and start/* are of the pre-trained start values
+    common = ["model=deep_gmm", "objective=vade", "backbone=mlp", "debug=fast", "data.n_samples=3000",
+              "data.dim=4", "backbone.latent_dim=2", "objective.pretrain_epochs=3", "objective.pretrain_lr=0.01",
+              "objective.likelihood=gaussian", "trainer.max_epochs=0", "test_ckpt=last", "objective.pretrain_cache_dir=null"]
+    one = train(tmp_path, "one", [*common, "data.batch_size=256"])
+    two = train(tmp_path, "two", [*common, "data.batch_size=128", "trainer=ddp", "trainer.accelerator=cpu",
+                                  "trainer.devices=2"])
+    for key in ("test/nll", "start/ari"):
         assert two[key] == pytest.approx(one[key], rel=1e-4), key

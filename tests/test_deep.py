@@ -10,14 +10,14 @@ from conftest import FAST, train_in_process
 from dgmm_lab.mixture.density import COVARIANCE_TYPES
 from dgmm_lab.nets.feature_extractor import MLP, Conv, Identity, ResNet
 from dgmm_lab.nets.flow import Flow
-from dgmm_lab.objectives import OBJECTIVES
+from dgmm_lab.objectives import NLLObjective, VaDEObjective
 
 
 def test_nll_identity_matches_em_and_recovers_clusters(tmp_path):
     data = ["data.n_samples=3000", "data.dim=4", "k=3", "trainer.enable_progress_bar=false"]
     em = train_in_process(["model=em_gmm", *data], tmp_path / "em")
     deep = train_in_process(["model=deep_gmm", "objective=nll", "backbone=identity",
-                             "model.lr=0.01", "trainer.max_epochs=20", *data], tmp_path / "deep")
+                             "model.optimizer.lr=0.01", "trainer.max_epochs=20", *data], tmp_path / "deep")
     assert abs(deep["test/nll"] - em["test/nll"]) <= 0.01 * abs(em["test/nll"])
     assert deep["test/ari"] >= 0.95 and em["test/ari"] >= 0.95
 
@@ -50,7 +50,7 @@ def test_flow_with_mixture_base_integrates_to_one():
     backbone = Flow((2,), n_layers=4, hidden=16).double()
     for p in backbone.parameters():
         torch.nn.init.normal_(p, std=0.3)
-    objective = OBJECTIVES["nll"](backbone, 3, "full").double()
+    objective = NLLObjective(backbone, 3, "full").double()
     torch.nn.init.normal_(objective.parameter_generator.means, std=1.5)
     grid = torch.linspace(-12, 12, 600, dtype=torch.float64)
     xx, yy = torch.meshgrid(grid, grid, indexing="ij")
@@ -79,7 +79,7 @@ def test_every_backbone_runs_forward_and_backward_on_images(backbone):
                                                  ("dagmm", "mlp"), ("vade", "mlp")])
 @pytest.mark.parametrize("covariance", COVARIANCE_TYPES)
 def test_every_objective_and_covariance_trains_without_nan(objective, backbone, covariance, tmp_path):
-    extra = ["model.likelihood=gaussian", "model.pretrain_epochs=1"] if objective == "vade" else []
+    extra = ["objective.likelihood=gaussian", "objective.pretrain_epochs=1"] if objective == "vade" else []
     metrics = train_in_process(
         ["model=deep_gmm", f"objective={objective}", f"backbone={backbone}", f"covariance={covariance}",
          "trainer.max_epochs=2", "data.n_samples=600", "logger=csv", *FAST, *extra], tmp_path)
@@ -98,12 +98,12 @@ def test_nan_loss_stops_training_before_a_checkpoint(tmp_path):
     x_train, _ = data.splits["train"].tensors
     x_train[250, 0] = float("nan")  # one bad value in the third batch (no shuffling below)
     data.train_dataloader = lambda: torch.utils.data.DataLoader(data.splits["train"], batch_size=100)
-    model = DeepGMM(Identity((2,)), "nll", 3)
+    model = DeepGMM(Identity((2,)), NLLObjective, 3)
     checkpoints = ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=1)
     trainer = pl.Trainer(max_epochs=1, logger=False, callbacks=[checkpoints], enable_progress_bar=False,
                          default_root_dir=tmp_path,
                          limit_val_batches=0, num_sanity_val_steps=0)
-    model.on_fit_start = lambda: model.objective.initialize(x_train[:200], torch.Generator(), 1)
+    model.on_fit_start = lambda: model.objective.initialize(x_train[:200], torch.Generator())
     with pytest.raises(FloatingPointError, match=r"non-finite loss nan at epoch 0, step 2"):
         trainer.fit(model, datamodule=data)
     for ckpt in tmp_path.glob("*.ckpt"):
@@ -136,7 +136,7 @@ def test_vade_pretraining_loss_is_the_likelihood_or_the_squared_error_of_the_mea
     torch.manual_seed(0)
     x = torch.rand(6, 784)
     for kind in ("likelihood", "squared_error"):
-        vade = OBJECTIVES["vade"](MLP((784,), 4, (32,)), 3, "diag", pretrain_reconstruction=kind)
+        vade = VaDEObjective(MLP((784,), 4, (32,)), 3, "diag", pretrain_reconstruction=kind)
         logits = vade.backbone.decode(vade.encode(x)[0])
         expected = (torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(1)
                     if kind == "likelihood" else (torch.sigmoid(logits) - x).pow(2).sum(1)).mean()
@@ -144,14 +144,14 @@ def test_vade_pretraining_loss_is_the_likelihood_or_the_squared_error_of_the_mea
     # a sweep over the setting must not reuse the other setting's cached autoencoder
     cache = tmp_path / "cache"
     for kind in ("likelihood", "squared_error"):
-        train_in_process(["model=deep_gmm", "objective=vade", "backbone=mlp", "model.pretrain_epochs=1",
-                          f"model.pretrain_reconstruction={kind}", f"paths.cache_dir={cache}", *FAST], tmp_path / kind)
+        train_in_process(["model=deep_gmm", "objective=vade", "backbone=mlp", "objective.pretrain_epochs=1",
+                          f"objective.pretrain_reconstruction={kind}", f"paths.cache_dir={cache}", *FAST], tmp_path / kind)
     assert len(list((cache / "pretrain").glob("pretrain-*.pt"))) == 2
 
 
 def test_a_run_that_loads_the_cached_pretraining_equals_the_run_that_wrote_it(tmp_path):
     cache = tmp_path / "cache"
-    args = ["model=deep_gmm", "objective=vade", "backbone=mlp", "model.pretrain_epochs=2",
+    args = ["model=deep_gmm", "objective=vade", "backbone=mlp", "objective.pretrain_epochs=2",
             "trainer.max_epochs=2", f"paths.cache_dir={cache}", *FAST]
     fresh = train_in_process(args, tmp_path / "fresh")
     cached = train_in_process(args, tmp_path / "cached")
@@ -185,7 +185,7 @@ def test_floor_variances_raises_only_the_small_eigenvalues(covariance_type):
 
 def test_vade_start_prior_is_not_narrower_than_a_tenth_of_the_posterior_variance(caplog):
     torch.manual_seed(0)
-    vade = OBJECTIVES["vade"](MLP((6,), 3, (16,)), 2, "full")
+    vade = VaDEObjective(MLP((6,), 3, (16,)), 2, "full")
     with torch.no_grad():  # one code direction that does not vary: EM finds a variance near 0
         vade.backbone.head.weight[2].zero_()
     x = torch.cat([torch.randn(200, 6) - 2, torch.randn(200, 6) + 2])
@@ -196,6 +196,6 @@ def test_vade_start_prior_is_not_narrower_than_a_tenth_of_the_posterior_variance
     assert float(eigenvalues.min()) == pytest.approx(floor, rel=1e-4)
     assert "were raised" in caplog.text
     caplog.clear()
-    healthy = OBJECTIVES["vade"](MLP((6,), 3, (16,)), 2, "full")
+    healthy = VaDEObjective(MLP((6,), 3, (16,)), 2, "full")
     healthy.initialize(x, torch.Generator().manual_seed(0))
     assert float(healthy.mixture().covariance_eigenvalues().min()) > floor and "raised" not in caplog.text

@@ -59,7 +59,7 @@ def test_no_nan_for_extreme_inputs_and_target_scales(covariance, x_scale, y_scal
 
 @pytest.mark.parametrize("args, expected", [
     (["data=synthetic"], "objective=mdn needs data with targets y"),
-    (["data=regression", "model.target_dim=2"], "model.target_dim=2 does not match the data's 1 target"),
+    (["data=regression", "objective.target_dim=2"], "objective.target_dim=2 does not match the data's 1 target"),
 ])
 def test_bad_mdn_configuration_is_one_line(args, expected, tmp_path):
     result = run_cli(["model=deep_gmm", "objective=mdn", "backbone=mlp", *args, "debug=fast",

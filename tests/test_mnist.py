@@ -42,10 +42,10 @@ def test_image_backbones_fast_dev_run(backbone, objective, mnist_dir, tmp_path):
 def test_vade_pretraining_on_rotated_and_shifted_digits_is_cached_apart(mnist_dir, tmp_path):
     cache = tmp_path / "cache"
     common = ["model=deep_gmm", "objective=vade", "backbone=mlp", "data=mnist", "data.flatten=true",
-              "data.limit_train=512", "data.limit_test=64", "k=10", "covariance=diag", "model.pretrain_epochs=1",
+              "data.limit_train=512", "data.limit_test=64", "k=10", "covariance=diag", "objective.pretrain_epochs=1",
               "trainer.max_epochs=1", "logger=csv", f"paths.cache_dir={cache}", *FAST]
     plain = train_in_process(common, tmp_path / "plain")
-    augmented = train_in_process([*common, "model.pretrain_rotation=10", "model.pretrain_shift=0.1"],
+    augmented = train_in_process([*common, "objective.pretrain_rotation=10", "objective.pretrain_shift=0.1"],
                                  tmp_path / "augmented")
     assert len(list((cache / "pretrain").glob("pretrain-*.pt"))) == 2
     # same seed, same data: only the augmentation differs, and it changes the autoencoder
@@ -63,7 +63,7 @@ def test_em_on_pca_features_clusters_mnist(mnist_dir, tmp_path):
 def test_vade_clusters_mnist_well_above_chance(mnist_dir, tmp_path):
     m = train_in_process(["model=deep_gmm", "objective=vade", "backbone=mlp", "data=mnist",
                           "data.limit_train=10000", "k=10", "covariance=diag",
-                          "model.pretrain_epochs=10", "trainer.max_epochs=10",
+                          "objective.pretrain_epochs=10", "trainer.max_epochs=10",
                           f"paths.cache_dir={tmp_path}", "trainer.enable_progress_bar=false"], tmp_path)
     assert m["test/acc"] > 0.45
 
@@ -73,7 +73,7 @@ def test_vade_preset_on_briefly_pretrained_codes_does_not_collapse(mnist_dir, tm
     # 10 pre-training epochs on 10k images leave code directions that hardly vary; with the
     # EM fit's variances there (1e-4) the first epoch put every code into one component
     # (test accuracy 0.11-0.21 from starts of 0.43-0.47, three seeds)
-    m = train_in_process(["experiment=vade_mnist", "data.limit_train=10000", "model.pretrain_epochs=10",
+    m = train_in_process(["experiment=vade_mnist", "data.limit_train=10000", "objective.pretrain_epochs=10",
                           "trainer.max_epochs=1", f"paths.cache_dir={tmp_path}",
                           "trainer.enable_progress_bar=false"], tmp_path)
     assert m["start/acc"] > 0.35 and m["test/acc"] > 0.3

@@ -31,13 +31,14 @@ SHRINK = {
     "dgmm_lab.train model=deep_gmm k=10 -m": "trainer.max_epochs=3",
     "model=deep_gmm k=10 covariance=diag -m": "trainer.max_epochs=3",
     "experiment=em_mnist_pca": "data.limit_train=5000 data.limit_test=1000 trainer.max_epochs=5",
-    "experiment=vade_moons": "model.pretrain_epochs=2 trainer.max_epochs=3",
-    "experiment=vade_mnist": ("data.limit_train=1000 data.val_size=500 data.limit_test=500 model.pretrain_epochs=1 "
-                              "model.n_init=1 trainer.max_epochs=1"),
+    "experiment=vade_moons": "objective.pretrain_epochs=2 trainer.max_epochs=3",
+    "experiment=vade_mnist": ("data.limit_train=1000 data.val_size=500 data.limit_test=500 objective.pretrain_epochs=1 "
+                              "objective.n_init=1 trainer.max_epochs=1"),
     "backbone=flow": "trainer.max_epochs=2",
+    "objective=dagmm,vade k=5,10 -m": "trainer.max_epochs=2",
     "experiment=mdn_bishop": "trainer.max_epochs=3",
     "experiment=mdn_mnist_halves": "data.limit_train=2000 data.val_size=500 data.limit_test=500 trainer.max_epochs=1",
-    "hparams_search=optuna": "hydra.sweeper.n_trials=2 trainer.max_epochs=2",
+    "hparams_search=dagmm": "hydra.sweeper.n_trials=2 trainer.max_epochs=2",
 }
 NEEDS_MNIST = ("mnist",)
 ENV_KEPT = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "DGMM_LAB_DATA_DIR")

@@ -1,20 +1,20 @@
-"""A small sweep, its report, and evaluate reproducing a job's test metrics exactly."""
+"""A small sweep and its report; evaluate's usage line.  That evaluate reproduces a run's test
+metrics exactly is checked once, in test_lifecycle.py (on a checkpoint copied out of its run)."""
 
 import csv
-import json
 import subprocess
 import sys
 
 from conftest import ROOT, run_cli
 
 
-def test_sweep_report_and_evaluate(tmp_path):
+def test_sweep_report_marks_done_failed_and_best_jobs(tmp_path):
     sweep = tmp_path / "sweep"
     result = run_cli(["model=em_gmm,deep_gmm", "k=2,4", "debug=fast", f"hydra.sweep.dir={sweep}", "-m"])
     assert result.returncode == 0, result.stderr[-3000:]
     # a fifth job that fails, and one that never finished
     # (a job that fails while training: its loss overflows; a bad value would stop the sweep in one line)
-    broken = run_cli(["model=deep_gmm", "k=3", "debug=fast", "model.lr=1e30",
+    broken = run_cli(["model=deep_gmm", "k=3", "debug=fast", "model.optimizer.lr=1e30",
                       f"hydra.sweep.dir={sweep}", "-m"])
     assert broken.returncode == 1, broken.stderr[-3000:]  # a sweep with a failed job exits 1
     report = subprocess.run([sys.executable, "-m", "dgmm_lab.report", str(sweep)], cwd=ROOT,
@@ -28,14 +28,6 @@ def test_sweep_report_and_evaluate(tmp_path):
     with open(sweep / "report.csv") as f:
         assert len(list(csv.DictReader(f))) == 5
     assert (sweep / "test_nll.png").stat().st_size > 1000
-
-    job = sweep / "k=4,model=deep_gmm"
-    expected = json.loads((job / "metrics.json").read_text())
-    ev = subprocess.run([sys.executable, "-m", "dgmm_lab.evaluate", f"ckpt_path={job}/checkpoints/last.ckpt",
-                         f"output_dir={tmp_path / 'eval'}"], cwd=ROOT, capture_output=True, text=True)
-    assert ev.returncode == 0, ev.stderr[-3000:]
-    got = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert got == {k: v for k, v in expected.items() if k.startswith("test/")}
 
 
 def test_evaluate_without_checkpoint_is_one_line(tmp_path):

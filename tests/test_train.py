@@ -37,7 +37,7 @@ def test_test_metrics_are_those_of_the_selected_checkpoint(test_ckpt, tmp_path):
     from dgmm_lab.evaluate import evaluate
 
     # far too high a learning rate: validation NLL gets worse after the first epoch
-    metrics = train_in_process(["model=deep_gmm", "model.lr=3.0", "model.lr_schedule=none", "trainer.max_epochs=6",
+    metrics = train_in_process(["model=deep_gmm", "model.optimizer.lr=3.0", "model.scheduler=null", "trainer.max_epochs=6",
                                 f"test_ckpt={test_ckpt}", *FAST], tmp_path)
     val = [e.value for e in read_events(tmp_path).Scalars("val/nll")]
     assert min(val) < val[-1]  # so best and last differ
@@ -74,7 +74,7 @@ def test_multirun_sweep_makes_readable_job_directories(tmp_path):
 def test_optuna_search_runs_three_trials_into_sqlite(tmp_path):
     import sqlite3
 
-    result = run_cli(["model=deep_gmm", "hparams_search=optuna", "hydra.sweeper.n_trials=3", "debug=fast",
+    result = run_cli(["hparams_search=nll", "hydra.sweeper.n_trials=3", "debug=fast",
                       f"hydra.sweep.dir={tmp_path}"])
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Best value" in result.stdout + result.stderr

@@ -10,6 +10,7 @@ import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from . import viz
+from .models.deep_gmm import DeepGMM
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class MixturePictures(pl.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         writer = self._writer(trainer)
-        if writer is None or not trainer.is_global_zero or not hasattr(pl_module, "objective"):
+        if writer is None or not trainer.is_global_zero or not isinstance(pl_module, DeepGMM):
             return
         dm = trainer.datamodule
         x, y = dm.tensors("val")
@@ -57,7 +58,7 @@ class MixturePictures(pl.Callback):
         writer.add_embedding(codes, metadata=metadata, tag="latent_codes", global_step=trainer.current_epoch)
 
     def draw(self, writer, trainer, model, step: int) -> None:
-        if getattr(model, "conditional", False):
+        if isinstance(model, DeepGMM) and model.conditional:
             self.draw_conditional(writer, trainer, model, step)
             return
         mixture = model.display_mixture()

@@ -16,6 +16,14 @@ from omegaconf import DictConfig, OmegaConf
 from .config import CONF_DIR, ConfigError
 
 FLAGS = ("-m", "--multirun")
+_ABSENT = object()
+# the deep model's flat keys before the objective and optimiser became config groups
+MOVED = {"model.lr": "model.optimizer.lr", "model.weight_decay": "model.optimizer.weight_decay",
+         "model.lr_schedule": "model.scheduler (model.scheduler=null: a constant rate)",
+         "model.estimation_dropout": "objective.dropout (objective=dagmm)",
+         **{f"model.{key}": f"objective.{key}" for key in (
+             "lambda_energy", "lambda_cov", "likelihood", "decoder_std", "min_scale", "target_dim", "pretrain_epochs",
+             "pretrain_lr", "pretrain_reconstruction", "pretrain_rotation", "pretrain_shift", "pretrain_cache_dir")}}
 
 
 def check_composes(argv: list[str]) -> None:
@@ -24,11 +32,23 @@ def check_composes(argv: list[str]) -> None:
     overrides = [a for a in argv if a not in FLAGS]
     points = [first_point(a) for a in overrides]
     try:
-        compose([p for p in points if p is not None])
+        cfg = compose([p for p in points if p is not None], with_hydra=True)
     except ConfigError:
         raise
     except Exception as err:  # noqa: BLE001 (Hydra's and OmegaConf's errors have no common base)
         raise ConfigError(explain(err, overrides, points)) from None
+    check_search_params(cfg)
+
+
+def check_search_params(cfg: DictConfig) -> None:
+    """A search (hparams_search=...) draws only settings the run has: ``hparams_search=dagmm
+    objective=nll`` would search loss weights that nll does not have (and each trial fail)."""
+    params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
+    choice = cfg.hydra.runtime.choices.get("hparams_search")
+    for key in params:
+        if key != "hydra" and OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
+            raise ConfigError(f"hparams_search={choice} searches {key}, which this run's config does not have; "
+                              f"allowed: the search's own model and objective (conf/hparams_search/{choice}.yaml)")
 
 
 def first_point(arg: str) -> str | None:
@@ -51,7 +71,7 @@ def first_point(arg: str) -> str | None:
     return f"{override.get_key_element()}={next(iter(override.sweep_string_iterator()))}"
 
 
-def compose(overrides: list[str]) -> DictConfig:
+def compose(overrides: list[str], with_hydra: bool = False) -> DictConfig:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -59,13 +79,17 @@ def compose(overrides: list[str]) -> DictConfig:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return hydra_compose("train", overrides=overrides)
+            return hydra_compose("train", overrides=overrides, return_hydra_config=with_hydra)
     finally:
         GlobalHydra.instance().clear()
 
 
 def explain(err: Exception, overrides: list[str], points: list[str | None]) -> str:
     text = " ".join(str(err).split())
+    match = re.search(r"Could not override '([^']+)'\. No match in the defaults list", text)
+    if match and match.group(1) == "objective":
+        return ("objective is a setting of model=deep_gmm only (the EM-GMM has no objective); "
+                "allowed: model=deep_gmm objective=...")
     match = re.search(r"Could not override '([^']+)'\. To append", text)
     if match:
         key = match.group(1)
@@ -74,6 +98,8 @@ def explain(err: Exception, overrides: list[str], points: list[str | None]) -> s
 
 
 def unknown_key(key: str, other_overrides: list[str]) -> str:
+    if key in MOVED:
+        return f"{key} is not a key of the config; it is now {MOVED[key]}"
     parent, _, name = key.rpartition(".")
     try:
         cfg = compose(other_overrides)
@@ -82,7 +108,7 @@ def unknown_key(key: str, other_overrides: list[str]) -> str:
         node = None
     if not isinstance(node, DictConfig):
         return f"{key} is not a key of the config; to add a new key use +{key}=..."
-    allowed = sorted(str(k) for k in node.keys())
+    allowed = sorted(str(k) for k in node.keys() if not str(k).startswith("_"))  # not _target_
     close = difflib.get_close_matches(name, allowed, n=1)
     hint = f"did you mean {parent + '.' if parent else ''}{close[0]}? " if close else ""
     where = f"under {parent}" if parent else "at the top level"

@@ -16,9 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from .mixture.covariance_types import COVARIANCE_TYPES
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-OBJECTIVES = ("nll", "dagmm", "vade", "mdn")
 # groups whose choice a user types on the command line (backbone=..., model=...)
-CHECKED_GROUPS = ("model", "backbone", "data", "trainer", "logger", "callbacks", "experiment",
+CHECKED_GROUPS = ("model", "objective", "backbone", "data", "trainer", "logger", "callbacks", "experiment",
                   "debug", "launcher", "paths", "hparams_search")
 
 
@@ -50,7 +49,31 @@ def report_and_exit(err: Exception) -> None:
 
 
 def group_options(group: str, conf_dir: Path = CONF_DIR) -> list[str]:
-    return sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
+    """The choices of a config group (files starting with _ are parts the choices share)."""
+    return sorted(p.stem for p in (conf_dir / group).glob("*.yaml") if not p.name.startswith("_"))
+
+
+def objective_name(cfg: DictConfig) -> str | None:
+    """The deep GMM's objective (nll, dagmm, vade, mdn); None for the EM-GMM.  This is how the
+    models are told apart: model=deep_gmm composes the objective group, model=em_gmm does not."""
+    node = cfg.get("objective")
+    if node is None:
+        return None
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"objective={node!r} is a config of dgmm_lab before objectives became a config "
+                          "group (conf/objective/); retrain it with this version")
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized() and HydraConfig.get().runtime.choices.get("objective"):
+        return HydraConfig.get().runtime.choices["objective"]
+    return str(node._target_).rsplit(".", 2)[-2]  # dgmm_lab.objectives.<name>.<Class>
+
+
+def objective_class(cfg: DictConfig):
+    """The objective's class (its declared protocol), without building anything; imports torch."""
+    from hydra.utils import get_class
+
+    return get_class(cfg.objective._target_)
 
 
 def check_overrides(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
@@ -61,7 +84,7 @@ def check_overrides(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
         if "=" not in arg or arg.startswith(("-", "+", "~", "hydra")):
             continue
         key, value = arg.split("=", 1)
-        if key in ("k", "covariance", "objective"):
+        if key in ("k", "covariance"):
             for choice in _sweep_values(value):  # every sweep point, before any job runs
                 _check_value(key, int(choice) if key == "k" and _is_int(choice) else choice)
             continue
@@ -105,12 +128,12 @@ def _sweep_values(value: str) -> list[str]:
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Values Hydra cannot check: covariance type, k, objective, missing required keys."""
+    """Values Hydra cannot check: covariance type, k, the objective's backbone, missing keys."""
     missing = missing_keys(cfg)
     if missing:
         raise ConfigError(f"{missing[0]} is required but has no value ('???'); "
                           f"set it on the command line, e.g. {missing[0]}=...")
-    for key in ("covariance", "objective", "k"):
+    for key in ("covariance", "k"):
         _check_value(key, cfg.get(key))
     _check_objective_backbone(cfg)
     _check_launcher(cfg)
@@ -195,8 +218,14 @@ VALUE_RANGES = {
     "trainer.log_every_n_steps": Range(int, 1),
     "model.tol": Range(float, 0), "model.reg_covar": Range(float, 0), "model.max_iter": Range(int, 1),
     "model.n_init": Range(int, 1), "model.init_max_samples": Range(int, 1), "model.init_em_steps": Range(int, 0),
-    "model.lr": Range(float, 0, open_low=True), "model.weight_decay": Range(float, 0),
-    "model.pretrain_epochs": Range(int, 0), "model.pretrain_lr": Range(float, 0, open_low=True),
+    "model.optimizer.lr": Range(float, 0, open_low=True), "model.optimizer.weight_decay": Range(float, 0),
+    "objective.n_init": Range(int, 1), "objective.min_scale": Range(float, 0, open_low=True),
+    "objective.lambda_energy": Range(float, 0), "objective.lambda_cov": Range(float, 0),
+    "objective.estimation_hidden": Range(int, 1), "objective.dropout": Range(float, 0, 1, open_high=True),
+    "objective.decoder_std": Range(float, 0, open_low=True), "objective.target_dim": Range(int, 1, nullable=True),
+    "objective.pretrain_epochs": Range(int, 0), "objective.pretrain_lr": Range(float, 0, open_low=True),
+    "objective.pretrain_rotation": Range(float, 0, 180),  # degrees
+    "objective.pretrain_shift": Range(float, 0, 0.5, open_high=True),  # fraction of the image size
 }
 _ABSENT = object()
 
@@ -224,21 +253,20 @@ def _check_fractions(cfg: DictConfig) -> None:
 def _check_epochs(cfg: DictConfig) -> None:
     """-1 epochs is Lightning's 'no limit': EM still stops (model.tol, model.max_iter), a deep
     model would train until killed (and its cosine schedule needs a finite length)."""
-    if "DeepGMM" in str(cfg.model.get("_target_", "")) and cfg.trainer.get("max_epochs") == -1:
+    if objective_name(cfg) is not None and cfg.trainer.get("max_epochs") == -1:
         raise ConfigError("trainer.max_epochs=-1 would train model=deep_gmm forever (only EM stops by "
                           "itself); allowed: an integer >= 0")
 
 def _check_objective_backbone(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from .objectives import COMPATIBLE_BACKBONES
-
-    if "DeepGMM" not in str(cfg.model.get("_target_", "")) or not HydraConfig.initialized():
+    name = objective_name(cfg)
+    if name is None or not HydraConfig.initialized():
         return
     backbone = HydraConfig.get().runtime.choices.get("backbone")
-    allowed = COMPATIBLE_BACKBONES.get(cfg.objective, ())
+    allowed = objective_class(cfg).backbones
     if backbone not in allowed:
-        raise ConfigError(f"backbone={backbone!r} does not fit objective={cfg.objective!r}; "
+        raise ConfigError(f"backbone={backbone!r} does not fit objective={name!r}; "
                           f"allowed backbones for it: {', '.join(allowed)}")
 
 
@@ -275,18 +303,24 @@ def missing_keys(node, prefix: str = "") -> list[str]:
 
 def check_against_data(cfg: DictConfig, datamodule) -> None:
     n_train = datamodule.n_train
-    if cfg.objective == "mdn" and "DeepGMM" in str(cfg.model.get("_target_", "")):
+    name = objective_name(cfg)
+    if name is not None and objective_class(cfg).conditional:
         if not getattr(datamodule, "has_targets", False):
-            raise ConfigError(f"objective=mdn needs data with targets y; data={type(datamodule).__name__} has none; "
-                              "allowed: data=regression, or data=array with data.targets=[...]")
-        wanted, got = cfg.model.get("target_dim"), datamodule.target_dim
+            raise ConfigError(f"objective={name} needs data with targets y; data={type(datamodule).__name__} has "
+                              "none; allowed: data=regression, or data=array with data.targets=[...]")
+        wanted, got = cfg.objective.get("target_dim"), datamodule.target_dim
         if wanted is not None and wanted != got:
-            raise ConfigError(f"model.target_dim={wanted} does not match the data's {got} target "
+            raise ConfigError(f"objective.target_dim={wanted} does not match the data's {got} target "
                               f"dimension(s); allowed: {got} or null")
-    augment = [key for key in ("pretrain_rotation", "pretrain_shift") if cfg.model.get(key)]
+    augment = [key for key in ("pretrain_rotation", "pretrain_shift") if name and cfg.objective.get(key)]
     if augment and getattr(datamodule, "image_shape", None) is None:
-        raise ConfigError(f"model.{augment[0]}={cfg.model[augment[0]]} rotates or shifts images, and "
+        raise ConfigError(f"objective.{augment[0]}={cfg.objective[augment[0]]} rotates or shifts images, and "
                           f"data={type(datamodule).__name__} has none; allowed: 0 for data without images")
+    if OmegaConf.select(cfg, "backbone.dequantize") and getattr(datamodule, "scaling", None) == "standardize":
+        # the flow's dequantisation adds noise within grey levels 1/255 apart in [0, 1]
+        raise ConfigError("backbone=flow with backbone.dequantize=true needs pixels in [0, 1], and "
+                          "data.scaling=standardize rescales them; allowed: data.scaling=unit, or "
+                          "backbone.dequantize=false")
     if cfg.k > n_train:
         raise ConfigError(f"k={cfg.k} is larger than the number of training samples "
                           f"({n_train}); allowed: 1..{n_train}")
@@ -301,6 +335,5 @@ def _check_value(key: str, value) -> None:
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"k={value!r} must be an integer >= 1 (the number of mixture components)")
         return
-    allowed = {"covariance": COVARIANCE_TYPES, "objective": OBJECTIVES}[key]
-    if value not in allowed:
-        raise ConfigError(f"{key}={value!r} is not allowed; allowed: {', '.join(allowed)}")
+    if value not in COVARIANCE_TYPES:
+        raise ConfigError(f"{key}={value!r} is not allowed; allowed: {', '.join(COVARIANCE_TYPES)}")

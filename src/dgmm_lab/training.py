@@ -6,6 +6,7 @@ Everything a run produces lives in its Hydra output directory: ``config.yaml`` (
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import logging
@@ -25,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from .callbacks import EpochLines
-from .config import ConfigError, check_against_data, check_config
+from .config import ConfigError, check_against_data, check_config, objective_name
 from .console import quiet_lightning, summary
 from .lifecycle import (Interrupted, RunLock, SignalGuard, archive_previous_results, global_rank_from_env,
                         write_json_atomically, write_status)
@@ -42,15 +43,19 @@ def build(cfg: DictConfig):
         datamodule.setup()
         check_against_data(cfg, datamodule)
         backbone = instantiate_group(cfg, "backbone", input_shape=datamodule.input_shape)
-        extra = {"target_dim": datamodule.target_dim} if cfg.get("objective") == "mdn" and "DeepGMM" in cfg.model._target_ else {}
-        model = instantiate_group(cfg, "model", backbone=backbone, **extra)
+        if objective_name(cfg) is None:
+            return datamodule, instantiate_group(cfg, "model", backbone=backbone)
+        # the objective's own settings now; the backbone, K and covariance type from the model
+        extra = {"target_dim": datamodule.target_dim} if "target_dim" in cfg.objective else {}
+        objective = instantiate_group(cfg, "objective", **extra)
+        model = instantiate_group(cfg, "model", backbone=backbone, objective=objective)
     return datamodule, model
 
 
 def instantiate_group(cfg: DictConfig, group: str, **kwargs):
     """instantiate(cfg[group]); a key its class does not take (``+model.foo=1``) is one line."""
     try:
-        return instantiate(cfg[group], **kwargs)
+        made = instantiate(cfg[group], **kwargs)
     except InstantiationException as err:
         match = re.search(r"unexpected keyword argument '(\w+)'", str(err.__cause__ or ""))
         if not isinstance(err.__cause__, TypeError) or not match:
@@ -60,6 +65,13 @@ def instantiate_group(cfg: DictConfig, group: str, **kwargs):
                   if name not in kwargs and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
         raise ConfigError(f"{group}.{match.group(1)} is not a setting of {target}; "
                           f"allowed: {', '.join(params)}") from None
+    if isinstance(made, functools.partial):  # its keys meet the class only when it is called
+        params = inspect.signature(made.func).parameters
+        unknown = [k for k in made.keywords if k not in params]
+        if unknown:
+            raise ConfigError(f"{group}.{unknown[0]} is not a setting of {cfg[group]._target_}; allowed: "
+                              f"{', '.join(n for n in params if n not in ('backbone', 'n_components', 'covariance_type'))}")
+    return made
 
 
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError)
@@ -90,12 +102,12 @@ def _one_line(err: Exception) -> ConfigError:
 def hparams_of(cfg: DictConfig) -> dict:
     """The keys a sweep varies, flat, for the TensorBoard HPARAMS tab."""
     choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
-    params = {"k": cfg.k, "covariance": cfg.covariance, "objective": cfg.get("objective"),
+    params = {"k": cfg.k, "covariance": cfg.covariance, "objective": objective_name(cfg),
               "seed": cfg.seed, "model": choices.get("model"), "backbone": choices.get("backbone"),
-              "data": choices.get("data")}
-    for key in ("lr", "latent_dim", "lambda_energy", "lambda_cov"):
-        if key in cfg.model:
-            params[key] = cfg.model[key]
+              "data": choices.get("data"), "lr": OmegaConf.select(cfg, "model.optimizer.lr"),
+              "latent_dim": OmegaConf.select(cfg, "backbone.latent_dim")}
+    for key in ("lambda_energy", "lambda_cov", "pretrain_epochs"):
+        params[key] = OmegaConf.select(cfg, f"objective.{key}")
     return {k: v for k, v in params.items() if v is not None}
 
 

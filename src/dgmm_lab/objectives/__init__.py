@@ -1,4 +1,5 @@
-"""Principled training objectives for the deep GMM; each owns its parameter generator.
+"""Principled training objectives for the deep GMM; each owns its parameter generator and
+implements the protocol of ``base.Objective`` (conf/objective/ holds their settings).
 
 - ``nll``: exact likelihood (identity/PCA features, or a flow with its log-determinant)
 - ``dagmm``: DAGMM (Zong et al. 2018): amortised memberships, reconstruction, covariance penalty
@@ -6,16 +7,10 @@
 - ``mdn``: mixture density network (Bishop 1994): a mixture over a target y given x
 """
 
+from .base import Objective, Pretraining
 from .dagmm import DAGMMObjective
 from .mdn import MDNObjective
 from .nll import NLLObjective
 from .vade import VaDEObjective
 
-OBJECTIVES = {"nll": NLLObjective, "dagmm": DAGMMObjective, "vade": VaDEObjective, "mdn": MDNObjective}
-# which feature extractors make each objective well-posed
-COMPATIBLE_BACKBONES = {"nll": ("identity", "pca", "flow"),
-                        "dagmm": ("mlp", "conv", "resnet"),
-                        "vade": ("mlp", "conv", "resnet"),
-                        "mdn": ("mlp", "identity", "pca", "conv", "resnet")}
-
-__all__ = ["COMPATIBLE_BACKBONES", "OBJECTIVES", "DAGMMObjective", "MDNObjective", "NLLObjective", "VaDEObjective"]
+__all__ = ["DAGMMObjective", "MDNObjective", "NLLObjective", "Objective", "Pretraining", "VaDEObjective"]

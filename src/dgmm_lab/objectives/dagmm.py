@@ -12,19 +12,32 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..mixture.density import MixtureDensity
 from ..nets.feature_extractor import FeatureExtractor
 from ..nets.parameter_generator import AmortizedParameters, inverse_covariance_penalty
+from .base import Objective
 
 EPS = 1e-8
 
 
-class DAGMMObjective(nn.Module):
+class DAGMMObjective(Objective):
+    """DAGMM's loss; log_prob is -energy, the log-density of z under the training-set mixture.
+
+    backbone: an autoencoder (mlp, conv, resnet) whose code plus two reconstruction errors
+    is z (N, latent_dim + 2); lambda_energy, lambda_cov weigh the energy and the inverse-
+    covariance penalty; estimation_hidden, dropout shape the estimation network.
+    """
+
+    name = "dagmm"
+    backbones = ("mlp", "conv", "resnet")
+    offers = frozenset({"cluster", "density", "sample", "embed", "decode"})
+    needs_training_set_pass = True
+
     def __init__(self, backbone: FeatureExtractor, n_components: int, covariance_type: str,
                  lambda_energy: float = 0.1, lambda_cov: float = 0.005,
-                 estimation_hidden: int = 10, dropout: float = 0.5, **_):
+                 estimation_hidden: int = 10, dropout: float = 0.5):
         super().__init__()
         self.backbone = backbone
         self.lambda_energy, self.lambda_cov = lambda_energy, lambda_cov
@@ -40,7 +53,7 @@ class DAGMMObjective(nn.Module):
         cosine = F.cosine_similarity(flat, flat_hat, dim=1, eps=EPS)
         return torch.cat([code, relative_error.unsqueeze(1), cosine.unsqueeze(1)], 1), x_hat
 
-    def loss(self, x: Tensor, reduce=None, target=None) -> tuple[Tensor, dict[str, Tensor]]:
+    def loss(self, x: Tensor, reduce=None, target: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         z, x_hat = self.features(x)
         gamma = self.parameter_generator.memberships(z)
         mixture = self.parameter_generator(z, gamma, reduce)
@@ -56,7 +69,7 @@ class DAGMMObjective(nn.Module):
     def mixture(self) -> MixtureDensity:
         return self.parameter_generator.training_set_mixture(torch.float32)
 
-    def log_prob(self, x: Tensor) -> Tensor:
+    def log_prob(self, x: Tensor, target: Tensor | None = None) -> Tensor:
         """-energy: the log-density of the features z under the training-set mixture."""
         return self.mixture().log_prob(self.features(x)[0])
 
@@ -64,9 +77,6 @@ class DAGMMObjective(nn.Module):
     def fit_training_set(self, batches, reduce=None) -> None:
         """Training-set mixture from batches of training inputs (this process's share)."""
         self.parameter_generator.fit_training_set((self.features(x)[0] for x in batches), reduce)
-
-    def initialize(self, *_, **__) -> None:
-        pass
 
     def embed(self, x: Tensor) -> Tensor:
         return self.features(x)[0]

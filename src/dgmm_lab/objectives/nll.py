@@ -8,19 +8,32 @@ is refused: it could shrink all codes together and drive the "likelihood" to inf
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..mixture import em
 from ..mixture.density import MixtureDensity
 from ..nets.feature_extractor import FeatureExtractor
 from ..nets.parameter_generator import GlobalParameters
+from .base import Objective
 
 
-class NLLObjective(nn.Module):
+class NLLObjective(Objective):
+    """-log p(x) per sample, exact: the mixture over f(x) plus the backbone's log-determinant.
+
+    backbone: identity, pca (fixed maps, log-det 0) or flow (invertible, trained);
+    n_components K, covariance_type of the density core; min_scale floors the component
+    standard deviations; n_init k-means starts on the features (the most likely is kept).
+    """
+
+    name = "nll"
+    backbones = ("identity", "pca", "flow")
+    offers = frozenset({"cluster", "density", "sample", "embed", "decode"})
+    exact_input_density = True
+
     def __init__(self, backbone: FeatureExtractor, n_components: int, covariance_type: str,
-                 min_scale: float = 1e-3, **_):
+                 min_scale: float = 1e-3, n_init: int = 1):
         super().__init__()
-        self.backbone = backbone
+        self.backbone, self.n_init = backbone, n_init
         self.parameter_generator = GlobalParameters(n_components, backbone.out_dim,
                                                     covariance_type, min_scale)
 
@@ -33,22 +46,22 @@ class NLLObjective(nn.Module):
     def mixture(self) -> MixtureDensity:
         return self.parameter_generator()
 
-    def loss(self, x: Tensor, reduce=None, target=None) -> tuple[Tensor, dict[str, Tensor]]:
+    def loss(self, x: Tensor, reduce=None, target: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         nll = -self.log_prob(x).mean()
         return nll, {"nll": nll}
 
-    def log_prob(self, x: Tensor) -> Tensor:
+    def log_prob(self, x: Tensor, target: Tensor | None = None) -> Tensor:
         z, log_det = self.features(x)
         return self.mixture().log_prob(z) + log_det
 
     @torch.no_grad()
-    def initialize(self, x: Tensor, generator: torch.Generator, n_init: int = 1, **_) -> None:
+    def initialize(self, x: Tensor, generator: torch.Generator) -> None:
         """k-means responsibilities on the features -> one M-step -> start values; the
         restart with the highest likelihood is kept."""
         z = self.features(x)[0].double()
         cov_type = self.parameter_generator.covariance_type
         k = self.parameter_generator.means.shape[0]
-        r = em.initial_mixture(z, k, cov_type, "kmeans", generator, reg_covar=1e-6, n_init=n_init)
+        r = em.initial_mixture(z, k, cov_type, "kmeans", generator, reg_covar=1e-6, n_init=self.n_init)
         self.parameter_generator.set_from(r.weights, r.means, r.covariances)
 
     def embed(self, x: Tensor) -> Tensor:

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .base import Objective, Pretraining
+
 from ..mixture.density import MixtureDensity, component_log_prob
 from ..mixture.estimator import GaussianMixture
 from ..nets.feature_extractor import FeatureExtractor
@@ -36,18 +38,36 @@ PRIOR_VARIANCE_FLOOR = 0.1
 PRETRAIN_RECONSTRUCTIONS = ("likelihood", "squared_error")
 
 
-class VaDEObjective(nn.Module):
+class VaDEObjective(Objective):
+    """The negative ELBO per sample; log_prob is the ELBO at the posterior mean.
+
+    backbone: an autoencoder (mlp, conv, resnet) whose code is the posterior mean (N,
+    latent_dim), plus a log-variance head; likelihood ``bernoulli`` (pixels in [0, 1]) or
+    ``gaussian`` with ``decoder_std``; min_scale floors the prior's standard deviations;
+    n_init EM starts on the pre-trained codes.  ``pretrain_epochs`` > 0 adds the autoencoder
+    stage (``pretrain_*``: its learning rate, loss, image augmentation and cache).
+    """
+
+    name = "vade"
+    backbones = ("mlp", "conv", "resnet")
+    offers = frozenset({"cluster", "density", "sample", "embed", "decode"})
+
     def __init__(self, backbone: FeatureExtractor, n_components: int, covariance_type: str,
-                 likelihood: str = "bernoulli", decoder_std: float = 1.0,
-                 pretrain_reconstruction: str = "likelihood", min_scale: float = 1e-3, **_):
+                 likelihood: str = "bernoulli", decoder_std: float = 1.0, min_scale: float = 1e-3,
+                 n_init: int = 1, pretrain_epochs: int = 0, pretrain_lr: float = 1e-3,
+                 pretrain_reconstruction: str = "likelihood", pretrain_rotation: float = 0.0,
+                 pretrain_shift: float = 0.0, pretrain_cache_dir: str | None = None):
         super().__init__()
         if likelihood not in LIKELIHOODS:
-            raise ValueError(f"model.likelihood={likelihood!r} is not one of {', '.join(LIKELIHOODS)}")
+            raise ValueError(f"objective.likelihood={likelihood!r} is not one of {', '.join(LIKELIHOODS)}")
         if pretrain_reconstruction not in PRETRAIN_RECONSTRUCTIONS:
-            raise ValueError(f"model.pretrain_reconstruction={pretrain_reconstruction!r} is not one of "
+            raise ValueError(f"objective.pretrain_reconstruction={pretrain_reconstruction!r} is not one of "
                              f"{', '.join(PRETRAIN_RECONSTRUCTIONS)}")
         self.backbone, self.likelihood, self.decoder_std = backbone, likelihood, decoder_std
-        self.pretrain_reconstruction = pretrain_reconstruction
+        self.pretrain_reconstruction, self.n_init = pretrain_reconstruction, n_init
+        if pretrain_epochs > 0:
+            self.pretraining = Pretraining(pretrain_epochs, pretrain_lr, pretrain_rotation, pretrain_shift,
+                                           pretrain_cache_dir, (likelihood, decoder_std, pretrain_reconstruction))
         self.log_var_head = nn.Linear(backbone.head.in_features, backbone.out_dim)
         nn.init.zeros_(self.log_var_head.weight)
         nn.init.constant_(self.log_var_head.bias, -4.0)
@@ -84,11 +104,11 @@ class VaDEObjective(nn.Module):
         nelbo = reconstruction - prior - entropy
         return nelbo, {"reconstruction": reconstruction.mean(), "kl": (-prior - entropy).mean()}
 
-    def loss(self, x: Tensor, reduce=None, target=None) -> tuple[Tensor, dict[str, Tensor]]:
+    def loss(self, x: Tensor, reduce=None, target: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         nelbo, logs = self.negative_elbo(x, sample=True)
         return nelbo.mean(), {"nelbo": nelbo.mean(), **logs}
 
-    def log_prob(self, x: Tensor) -> Tensor:
+    def log_prob(self, x: Tensor, target: Tensor | None = None) -> Tensor:
         """The ELBO with the reconstruction at the posterior mean (deterministic): a
         lower bound on log p(x) up to that single-point approximation."""
         return -self.negative_elbo(x, sample=False)[0]
@@ -104,13 +124,13 @@ class VaDEObjective(nn.Module):
         return (self.decode(z).flatten(1) - x.flatten(1)).pow(2).sum(1).mean()
 
     @torch.no_grad()
-    def initialize(self, x: Tensor, generator: torch.Generator, n_init: int = 1, **_) -> None:
+    def initialize(self, x: Tensor, generator: torch.Generator) -> None:
         """Fit the project's EM-GMM on the pre-trained codes; start the prior there, its
         variances no smaller than a tenth of the encoder's mean posterior variance."""
         codes, log_var = self.encode(x)
         gen = self.parameter_generator
         gm = GaussianMixture(gen.means.shape[0], covariance_type=gen.covariance_type,
-                             n_init=n_init, reg_covar=1e-4, max_iter=200,
+                             n_init=self.n_init, reg_covar=1e-4, max_iter=200,
                              random_state=int(torch.randint(2**31, (1,), generator=generator)))
         gm.fit(codes.double().cpu().numpy())
         floor = PRIOR_VARIANCE_FLOOR * float(log_var.exp().mean())
@@ -128,4 +148,3 @@ class VaDEObjective(nn.Module):
     def decode(self, z: Tensor) -> Tensor:
         out = self.backbone.decode(z)
         return torch.sigmoid(out) if self.likelihood == "bernoulli" else out
-

@@ -1,0 +1,86 @@
+"""An objective's pre-training stage (VaDE's autoencoder), run before its first training step.
+
+It runs inside ``on_fit_start``, where Lightning has already wrapped the model for DDP, so it
+cannot lean on DDP's gradient hooks (they act only on the wrapper's forward).  Each process
+trains on its shard of the shuffled training split, as the main loop does, and the
+gradients are averaged over the processes after every backward pass: two ranks with batch
+B/2 take the steps of one process with batch B, and every rank ends with the same
+autoencoder.  The result is cached on disk by everything that shapes it, so a sweep over K
+or the covariance type pre-trains once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..data.augment import random_affine
+from ..objectives.base import Objective
+
+log = logging.getLogger(__name__)
+# the mixture is fitted after pre-training, per K and covariance type: not trained, not cached
+MIXTURE_PREFIX = "parameter_generator."
+
+
+def pretrain(objective: Objective, datamodule, device: torch.device, seed: int, is_global_zero: bool) -> None:
+    """Train the objective's networks, without its mixture, on ``objective.pretrain_loss``;
+    load them from the cache instead where an identical stage ran before."""
+    stage = objective.pretraining
+    cache = cache_path(objective, datamodule, seed)
+    if cache is not None and cache.exists():
+        state = torch.load(cache, map_location=device)
+        objective.load_state_dict({k: v for k, v in state.items() if not k.startswith(MIXTURE_PREFIX)}, strict=False)
+        log.info("pre-trained autoencoder loaded from %s", cache)
+        return
+    params = [p for n, p in objective.named_parameters() if not n.startswith(MIXTURE_PREFIX)]
+    opt = torch.optim.Adam(params, lr=stage.lr)
+    loader = datamodule.train_dataloader()
+    augment = augmentation(stage.rotation, stage.shift, getattr(datamodule, "image_shape", None))
+    for epoch in range(stage.epochs):
+        total = 0.0
+        for x, _ in loader:
+            loss = objective.pretrain_loss(augment(x.to(device)))
+            opt.zero_grad()
+            loss.backward()
+            average_gradients_over_processes(params)
+            opt.step()
+            total += float(loss.detach())
+        log.info("pre-training epoch %d: reconstruction %.4f", epoch, total / max(1, len(loader)))
+    if cache is not None and is_global_zero:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({k: v for k, v in objective.state_dict().items() if not k.startswith(MIXTURE_PREFIX)}, cache)
+
+
+def average_gradients_over_processes(params: list[nn.Parameter]) -> None:
+    """Replace each gradient by its mean over the processes, in one all-reduce.  Every rank
+    runs the same graph, so the same parameters have gradients on every rank."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    with_grad = [p for p in params if p.grad is not None]
+    flat = torch.cat([p.grad.reshape(-1) for p in with_grad])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    for p, g in zip(with_grad, torch.split(flat, [p.numel() for p in with_grad])):
+        p.grad.copy_(g.view_as(p.grad))
+
+
+def augmentation(rotation: float, shift: float, image_shape):
+    if not rotation and not shift:
+        return lambda x: x
+    return lambda x: random_affine(x, image_shape, rotation, shift)
+
+
+def cache_path(objective: Objective, datamodule, seed: int) -> Path | None:
+    stage = objective.pretraining
+    if not stage.cache_dir:
+        return None
+    backbone = objective.backbone
+    key = repr((type(backbone).__name__, sorted(datamodule.hparams.items()) if hasattr(datamodule, "hparams") else None,
+                datamodule.n_train, backbone.out_dim, sum(p.numel() for p in backbone.parameters()),
+                stage.epochs, stage.lr, seed, *stage.settings, stage.rotation, stage.shift))
+    return Path(stage.cache_dir) / f"pretrain-{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"
