@@ -1,4 +1,6 @@
-"""TensorBoard serves a finished run's scalars, images and hparams; headless Chromium renders it."""
+"""TensorBoard serves a finished run's scalars, images and hparams (our tags, through its HTTP API);
+headless Chromium takes a screenshot of the dashboard for people to look at.  TensorBoard's own
+markup is not asserted on: it is TensorBoard's to change."""
 
 import json
 import shutil
@@ -78,11 +80,6 @@ def test_chromium_renders_the_dashboard(tensorboard):
     shot.unlink(missing_ok=True)
     profile = ARTIFACTS / "chromium-profile"
     common = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=15000"]
-    dom = subprocess.run([*common, "--dump-dom", f"{tensorboard}/#timeseries"],
-                         capture_output=True, text=True, timeout=120).stdout
-    assert "TensorBoard" in dom and "<card-view" in dom  # the app rendered metric cards
-    for group in ("val", "test", "hp", "images"):  # one card group per tag prefix
-        assert f">{group}<" in dom
     subprocess.run([*common, f"--screenshot={shot}", f"{tensorboard}/#scalars"],
                    capture_output=True, timeout=120)
     assert shot.exists() and shot.stat().st_size > 20_000

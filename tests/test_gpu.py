@@ -8,7 +8,7 @@ import torch
 from conftest import FAST, train_in_process
 from dgmm_lab import GaussianMixture
 from dgmm_lab.mixture.density import COVARIANCE_TYPES
-from test_em import DATASETS, shared_init
+from helpers.em_data import DATASETS, shared_init
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
