@@ -319,8 +319,8 @@ def check_against_data(cfg: DictConfig, datamodule) -> None:
     if OmegaConf.select(cfg, "backbone.dequantize") and getattr(datamodule, "scaling", None) == "standardize":
         # the flow's dequantisation adds noise within grey levels 1/255 apart in [0, 1]
         raise ConfigError("backbone=flow with backbone.dequantize=true needs pixels in [0, 1], and "
-                          "data.scaling=standardize rescales them; allowed: data.scaling=unit, or "
-                          "backbone.dequantize=false")
+                          "data.scaling=standardize rescales them; allowed: data.scaling=unit (data=mnist) "
+                          "or none (data=array already in [0, 1]), or backbone.dequantize=false")
     if cfg.k > n_train:
         raise ConfigError(f"k={cfg.k} is larger than the number of training samples "
                           f"({n_train}); allowed: 1..{n_train}")

@@ -194,22 +194,32 @@ def _symmetrise(cov: Tensor, covariance_type: str) -> Tensor:
 
 def initial_responsibilities(x: Tensor, k: int, method: str,
                              generator: torch.Generator) -> Tensor:
-    """(N, K) responsibilities to start EM from, as scikit-learn's ``init_params``."""
+    """(N, K) responsibilities to start EM from, as scikit-learn's ``init_params`` (with
+    torch's random stream, not numpy's):
+
+    - ``kmeans``: the one-hot labels of k-means (k-means++ seeds, then Lloyd to convergence);
+    - ``k-means++``: 1 on each k-means++ seed for its own component, 0 elsewhere;
+    - ``random``: uniform random rows, normalised;
+    - ``random_from_data``: 1 on each of k distinct random points for its own component.
+
+    With ``k-means++`` and ``random_from_data`` each component starts on one point, so its
+    M-step covariance is ``reg_covar`` alone (scikit-learn's too, except for tied: see
+    ``stats_from_responsibilities``)."""
     n = x.shape[0]
     if method == "kmeans":
         _, labels = lloyd(x, kmeans_plus_plus(x, k, generator)[0])
         return torch.nn.functional.one_hot(labels, k).to(x.dtype)
-    if method == "k-means++":
-        centres, _ = kmeans_plus_plus(x, k, generator)
-        labels = torch.cdist(x, centres).argmin(-1)
-        return torch.nn.functional.one_hot(labels, k).to(x.dtype)
     if method == "random":
         resp = torch.rand(n, k, generator=generator, dtype=x.dtype, device=x.device)
         return resp / resp.sum(-1, keepdim=True)
-    if method == "random_from_data":
-        idx = torch.randperm(n, generator=generator, device=x.device)[:k]
-        labels = torch.cdist(x, x[idx]).argmin(-1)
-        return torch.nn.functional.one_hot(labels, k).to(x.dtype)
+    if method in ("k-means++", "random_from_data"):
+        if method == "k-means++":
+            chosen = kmeans_plus_plus(x, k, generator)[1]
+        else:
+            chosen = torch.randperm(n, generator=generator, device=x.device)[:k]
+        resp = torch.zeros(n, k, dtype=x.dtype, device=x.device)
+        resp[chosen, torch.arange(k, device=x.device)] = 1.0
+        return resp
     raise ValueError(
         f"init_params={method!r} is not one of kmeans, k-means++, random, random_from_data"
     )
@@ -217,7 +227,10 @@ def initial_responsibilities(x: Tensor, k: int, method: str,
 
 def stats_from_responsibilities(x: Tensor, resp: Tensor, shift: Tensor,
                                 covariance_type: str) -> SufficientStats:
-    """Statistics for given responsibilities (used to turn an init into parameters)."""
+    """Statistics for given responsibilities resp (N, K) of x (N, D) (to turn an init into
+    parameters).  Rows need not sum to one: the tied second moment weights each sample by
+    its row's mass, so points that belong to no component count for nothing (scikit-learn's
+    tied estimate takes every sample at full weight there)."""
     x = x.double()
     resp = resp.double()
     centred = x - shift.double()
@@ -229,7 +242,7 @@ def stats_from_responsibilities(x: Tensor, resp: Tensor, shift: Tensor,
     if covariance_type == "full":
         stats.sxx += torch.einsum("nk,nd,ne->kde", resp, centred, centred)
     elif covariance_type == "tied":
-        stats.sxx += centred.T @ centred
+        stats.sxx += (centred * resp.sum(1, keepdim=True)).T @ centred
     else:
         stats.sxx += resp.T @ centred.pow(2)
     return stats

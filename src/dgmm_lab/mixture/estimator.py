@@ -30,9 +30,15 @@ _CHUNK = 4096
 class GaussianMixture(DensityMixin, BaseEstimator):
     """Gaussian mixture fitted by exact (mini-batch) EM in torch.
 
-    Extra arguments beyond scikit-learn's: ``device``; ``batch_size`` (rows per E-step
-    batch, None for all); ``compute_dtype`` ("float64", or "float32" for faster products
-    with float64 accumulation of the statistics).
+    Parameters are scikit-learn's (``init_params`` as ``em.initial_responsibilities``
+    describes it), plus ``device``; ``batch_size`` (rows per E-step batch, None for all);
+    ``compute_dtype`` ("float64", or "float32" for faster products with float64
+    accumulation of the statistics).
+
+    Attributes after ``fit`` (numpy, float64), K = n_components, D = n_features_in_:
+    weights_ (K,); means_ (K, D); covariances_, precisions_, precisions_cholesky_: full
+    (K, D, D), tied (D, D), diag (K, D), spherical (K,); converged_; n_iter_; lower_bound_
+    (the mean log-likelihood per sample of the last E-step).
     """
 
     def __init__(self, n_components=1, *, covariance_type="full", tol=1e-3, reg_covar=1e-6,
@@ -86,6 +92,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ fitting
     def fit(self, X, y=None):
+        """Fit on X (n_samples, n_features), ``n_init`` times, keeping the most likely fit."""
         x = self._to_tensor(X, reset=True)
         n, d = x.shape
         self._check_parameters(n)
@@ -109,6 +116,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         return self
 
     def fit_predict(self, X, y=None):
+        """fit(X), then the labels of X (n_samples,)."""
         return self.fit(X, y).predict(X)
 
     def _initial_mixture(self, x, shift, generator) -> MixtureDensity:
@@ -181,21 +189,27 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         return torch.cat([fn(c) for c in torch.split(x, _CHUNK)]).cpu().numpy()
 
     def score_samples(self, X):
+        """log p(x) of each sample of X (n_samples, n_features) -> (n_samples,)."""
         x = self._scored(X)
         return self._in_chunks(self._mixture.log_prob, x)
 
     def score(self, X, y=None):
+        """The mean log-likelihood per sample of X (n_samples, n_features): a float."""
         return float(self.score_samples(X).mean())
 
     def predict(self, X):
+        """The most probable component of each sample: (n_samples, n_features) -> (n_samples,)."""
         x = self._scored(X)
         return self._in_chunks(self._mixture.predict, x)
 
     def predict_proba(self, X):
+        """Responsibilities p(k | x): (n_samples, n_features) -> (n_samples, n_components)."""
         x = self._scored(X)
         return self._in_chunks(self._mixture.responsibilities, x)
 
     def sample(self, n_samples=1):
+        """(samples (n_samples, n_features), their components (n_samples,)), drawn with a
+        generator seeded from ``random_state``."""
         check_is_fitted(self)
         if n_samples < 1:
             raise ValueError(f"n_samples={n_samples!r} must be >= 1")
@@ -205,9 +219,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         return x.cpu().numpy(), labels.cpu().numpy()
 
     def bic(self, X):
+        """Bayesian information criterion on X (n_samples, n_features); lower is better."""
         return -2 * self.score(X) * len(X) + self._n_parameters() * math.log(len(X))
 
     def aic(self, X):
+        """Akaike information criterion on X (n_samples, n_features); lower is better."""
         return -2 * self.score(X) * len(X) + 2 * self._n_parameters()
 
     def _n_parameters(self) -> int:

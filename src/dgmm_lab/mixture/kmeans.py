@@ -31,17 +31,25 @@ def kmeans_plus_plus(x: Tensor, k: int, generator: torch.Generator,
     return x[index], index
 
 
-def lloyd(x: Tensor, centres: Tensor, n_iter: int = 10) -> tuple[Tensor, Tensor]:
-    """A few Lloyd iterations; empty clusters keep their centre.  Returns (centres, labels)."""
+def lloyd(x: Tensor, centres: Tensor, max_iter: int = 300, tol: float = 1e-4) -> tuple[Tensor, Tensor]:
+    """Lloyd's algorithm on x (N, D) from centres (k, D), with scikit-learn's ``KMeans``
+    stopping rule: the labels no longer change, or the centres moved (squared shift summed
+    over centres) by at most ``tol`` times the mean per-feature variance of x, or
+    ``max_iter`` updates.  An empty cluster keeps its centre (scikit-learn moves it onto a
+    far point).  Returns (centres (k, D), labels (N,)), the labels of the returned centres."""
+    threshold = tol * float(x.var(0, unbiased=False).mean())
+    k = centres.shape[0]
     labels = torch.cdist(x, centres).argmin(-1)
-    for _ in range(n_iter):
-        one_hot = torch.nn.functional.one_hot(labels, centres.shape[0]).to(x.dtype)
+    for _ in range(max_iter):
+        one_hot = torch.nn.functional.one_hot(labels, k).to(x.dtype)
         counts = one_hot.sum(0)
-        sums = one_hot.T @ x
-        keep = counts > 0
-        centres = torch.where(keep.unsqueeze(-1), sums / counts.clamp_min(1).unsqueeze(-1), centres)
+        updated = torch.where((counts > 0).unsqueeze(-1), (one_hot.T @ x) / counts.clamp_min(1).unsqueeze(-1),
+                              centres)
+        shift = float((updated - centres).pow(2).sum())
+        centres = updated
         new_labels = torch.cdist(x, centres).argmin(-1)
-        if torch.equal(new_labels, labels):
-            break
+        converged = torch.equal(new_labels, labels) or shift <= threshold
         labels = new_labels
+        if converged:
+            break
     return centres, labels

@@ -50,6 +50,10 @@ def load_start_values(path: str, k: int, d: int, covariance_type: str) -> dict[s
             values["precisions_cholesky"] = precision_cholesky_from_covariance(values.pop("covariances"), covariance_type)
     except torch.linalg.LinAlgError as err:
         raise ValueError(f"model.init_from={path!r}: {err}") from None
-    if "precisions_cholesky" in values and not torch.isfinite(values["precisions_cholesky"]).all():
-        raise ValueError(f"model.init_from={path!r}: precisions must be positive")
+    factor = values.get("precisions_cholesky")
+    if factor is not None:
+        # a zero precision passes the square root and the Cholesky factor, and scores -inf
+        diagonal = torch.diagonal(factor, dim1=-2, dim2=-1) if covariance_type in ("full", "tied") else factor
+        if not (torch.isfinite(factor).all() and (diagonal > 0).all()):
+            raise ValueError(f"model.init_from={path!r}: precisions must be positive")
     return values

@@ -27,6 +27,31 @@ log = logging.getLogger(__name__)
 
 
 class EMGMM(MixtureModule):
+    """A Gaussian mixture over the backbone's features z (N, D), fitted by exact EM, one
+    iteration per epoch.
+
+    Parameters
+    ----------
+    backbone : the fixed map x -> z (identity, pca); D = ``backbone.out_dim``.
+    n_components : K.
+    covariance_type : full, tied, diag or spherical (the shapes below).
+    tol : stop when the mean log-likelihood per sample changes by less.
+    reg_covar : added to every variance in each M-step.
+    max_iter : at most this many EM iterations (epochs).
+    init_params : kmeans, k-means++, random or random_from_data (``em.initial_responsibilities``).
+    n_init : restarts, each refined by ``init_em_steps`` EM steps on the initialisation sample
+        (at most ``init_max_samples`` training samples); the most likely one is kept.
+    compute_dtype : "float64", or "float32" for the E-step's products (statistics stay float64).
+    init_from : a .npz/.pt file of start values (``mixture.start_values.load_start_values``).
+    seed : seeds the initialisation.
+
+    Buffers (float64)
+    -----------------
+    log_weights (K,); means (K, D); precisions_cholesky full (K, D, D), tied (D, D), diag (K, D),
+    spherical (K,); shift (D,): the centre of the statistics; lower_bound: the last mean
+    log-likelihood; n_iter: the EM iterations run.  ``mixture`` wraps them as a ``MixtureDensity``.
+    """
+
     def __init__(self, backbone: FeatureExtractor, n_components: int, covariance_type: str = "full",
                  tol: float = 1e-3, reg_covar: float = 1e-6, max_iter: int = 100,
                  init_params: str = "kmeans", n_init: int = 1, init_max_samples: int = 20000,
