@@ -158,15 +158,6 @@ def test_vade_training_loss_averages_to_the_documented_bound(covariance_type, k)
 # --------------------------------------------------------------------------- DAGMM
 
 
-def _penalty_marks(covariance_type):
-    # the documented P(Sigma) = sum_k sum_d 1/Sigma_k,dd: the code sums the spherical
-    # variances once per component (not D times) and the tied diagonal once (not K times)
-    if covariance_type in ("spherical", "tied"):
-        return [pytest.mark.xfail(strict=True, reason="inverse_covariance_penalty differs from its docstring "
-                                  "for spherical (factor D) and tied (factor 1/K) covariances")]
-    return []
-
-
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
 def test_dagmm_energy_and_reconstruction_are_the_hand_computed_ones(covariance_type):
     obj, x, z, mixture_ref = _dagmm_case(covariance_type)
@@ -183,14 +174,16 @@ def test_dagmm_energy_and_reconstruction_are_the_hand_computed_ones(covariance_t
     np.testing.assert_allclose(float(loss), float(logs["reconstruction"]) + obj.lambda_energy * float(logs["energy"])
                                + obj.lambda_cov * float(logs["cov_penalty"]), rtol=1e-12)
     # and the evaluation density (-energy) of the training-set mixture fitted on the same batch
-    # (the training-set mixture is float32 whatever the networks' dtype)
+    # (in the networks' float64, as log_prob scores it)
     obj.fit_training_set([x])
     with torch.no_grad():
-        scores = obj.mixture().log_prob(torch.as_tensor(z, dtype=torch.float32)).double().numpy()
-    np.testing.assert_allclose(scores, -energy, rtol=1e-4, atol=1e-4)
+        scores = obj.mixture().log_prob(torch.as_tensor(z)).numpy()
+        from_inputs = obj.log_prob(x).numpy()
+    np.testing.assert_allclose(scores, -energy, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(from_inputs, -energy, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("covariance_type", [pytest.param(c, marks=_penalty_marks(c)) for c in COVARIANCE_TYPES])
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
 def test_dagmm_covariance_penalty_is_the_sum_of_inverse_variances(covariance_type):
     obj, x, z, (weights, _, covs) = _dagmm_case(covariance_type)
     with torch.no_grad():

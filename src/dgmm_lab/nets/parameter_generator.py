@@ -145,11 +145,13 @@ class AmortizedParameters(nn.Module):
 
 
 def inverse_covariance_penalty(mixture: MixtureDensity) -> Tensor:
-    """DAGMM's P(Sigma) = sum_k sum_d 1 / Sigma_k,dd: large when a variance collapses."""
-    cov = mixture.covariances
-    if mixture.covariance_type in ("full", "tied"):
-        cov = torch.diagonal(cov, dim1=-2, dim2=-1)
-    return cov.reciprocal().sum()
+    """DAGMM's P(Sigma) = sum_k sum_d 1 / Sigma_k,dd: large when a variance collapses.  Every
+    covariance type counts K x D variances (a spherical component has D equal ones, a tied
+    covariance is every component's), so lambda_cov means the same in a sweep over types."""
+    cov, kind = mixture.covariances, mixture.covariance_type
+    variances = torch.diagonal(cov, dim1=-2, dim2=-1) if kind in ("full", "tied") else \
+        cov.unsqueeze(-1) if kind == "spherical" else cov
+    return variances.reciprocal().expand(*mixture.means.shape).sum()
 
 
 class ConditionalParameters(nn.Module):

@@ -67,7 +67,8 @@ class DAGMMObjective(Objective):
         return float(self.parameter_generator.n_seen) > 0
 
     def mixture(self) -> MixtureDensity:
-        return self.parameter_generator.training_set_mixture(torch.float32)
+        # in the networks' precision (the sums are float64 whatever the module's dtype)
+        return self.parameter_generator.training_set_mixture(next(self.parameter_generator.parameters()).dtype)
 
     def log_prob(self, x: Tensor, target: Tensor | None = None) -> Tensor:
         """-energy: the log-density of the features z under the training-set mixture."""
