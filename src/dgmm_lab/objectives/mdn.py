@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..mixture.density import batched_component_log_prob
+from ..mixture.density import batched_component_log_prob, sample_mixture
 from ..nets.feature_extractor import FeatureExtractor
 from ..nets.parameter_generator import ConditionalParameters
 from .base import Objective
@@ -51,8 +51,6 @@ class MDNObjective(Objective):
     @torch.no_grad()
     def sample(self, x: Tensor, n: int, generator: torch.Generator | None = None) -> Tensor:
         """n draws of y for each x: (N, n, D)."""
-        from ..mixture.density import sample_mixture  # (may join the module's imports)
-
         return sample_mixture(*self.conditional_mixture(x), self.covariance_type, n, generator)[0]
 
     @torch.no_grad()
