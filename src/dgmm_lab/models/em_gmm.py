@@ -187,10 +187,6 @@ class EMGMM(MixtureModule):
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
-    def log_prob(self, x: Tensor) -> Tensor:
-        return self.mixture.log_prob(self.backbone(x).double())
-
-    @torch.no_grad()
     def evaluate_batch(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
         log_norm, log_resp = self.mixture.log_responsibilities(self.backbone(x).double())
         return log_norm, log_resp.argmax(-1)
@@ -203,9 +199,6 @@ class EMGMM(MixtureModule):
 
     def decode(self, z: Tensor) -> Tensor:
         return self.backbone.decode(z)
-
-    def predict_proba(self, x: Tensor) -> Tensor:
-        return self.mixture.responsibilities(self.backbone(x).double())
 
     def final_metrics(self, datamodule) -> dict[str, float]:
         """BIC, AIC and the count of degenerate components (warned of, with the
