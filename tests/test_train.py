@@ -81,4 +81,8 @@ def test_optuna_search_runs_three_trials_into_sqlite(tmp_path):
     with sqlite3.connect(tmp_path / "optuna.db") as db:
         states = [s for (s,) in db.execute("select state from trials")]
     assert states == ["COMPLETE"] * 3
-    assert len([p for p in tmp_path.iterdir() if (p / "metrics.json").exists()]) == 3
+    trials = sorted(p.name for p in tmp_path.iterdir() if (p / "metrics.json").exists())
+    assert trials == ["trial-0", "trial-1", "trial-2"]
+    # each trial's drawn learning rate is in its own overrides.yaml (what the report reads)
+    drawn = [(tmp_path / t / "overrides.yaml").read_text() for t in trials]
+    assert all("model.optimizer.lr=" in text for text in drawn), drawn
