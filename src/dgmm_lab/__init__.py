@@ -1,7 +1,7 @@
 """dgmm_lab: deep and classical Gaussian mixture models, trained with Lightning, swept with Hydra."""
 
 __version__ = "0.1.0"
-__all__ = ["GaussianMixture", "MixtureDensity", "__version__"]
+__all__ = ["GaussianMixture", "MixtureDensity", "load", "__version__"]
 
 
 def __getattr__(name: str):
@@ -9,6 +9,9 @@ def __getattr__(name: str):
     if name == "GaussianMixture":
         from .mixture.estimator import GaussianMixture
         return GaussianMixture
+    if name == "load":
+        from .trained import load
+        return load
     if name == "MixtureDensity":
         from .mixture.density import MixtureDensity
         return MixtureDensity

@@ -183,7 +183,7 @@ def check_checkpoint(path: Path, key: str, remedy: str = "give another checkpoin
         problem = "it is empty (0 bytes)"
     else:
         try:
-            content = torch.load(path, map_location="cpu", weights_only=False)
+            content = torch.load(path, map_location="cpu", weights_only=True)  # tensors and containers only
         except Exception as err:  # noqa: BLE001 (truncated zip, pickle garbage, ...: all the same to the user)
             problem = f"it cannot be read as a checkpoint ({type(err).__name__}; {size} bytes, truncated or not a checkpoint)"
         else:
@@ -199,7 +199,7 @@ def checkpoint_epoch(path: Path) -> int | None:
     import torch
 
     try:
-        return int(torch.load(path, map_location="cpu", weights_only=False)["epoch"])
+        return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
     except Exception:  # noqa: BLE001
         return None
 

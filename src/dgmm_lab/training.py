@@ -42,14 +42,24 @@ def build(cfg: DictConfig):
         datamodule = instantiate_group(cfg, "data")
         datamodule.setup()
         check_against_data(cfg, datamodule)
-        backbone = instantiate_group(cfg, "backbone", input_shape=datamodule.input_shape)
-        if objective_name(cfg) is None:
-            return datamodule, instantiate_group(cfg, "model", backbone=backbone)
-        # the objective's own settings now; the backbone, K and covariance type from the model
-        extra = {"target_dim": datamodule.target_dim} if "target_dim" in cfg.objective else {}
-        objective = instantiate_group(cfg, "objective", **extra)
-        model = instantiate_group(cfg, "model", backbone=backbone, objective=objective)
+        model = build_model(cfg, datamodule.describe_inputs())
     return datamodule, model
+
+
+def build_model(cfg: DictConfig, inputs: dict):
+    """The model of a config for inputs described by ``TensorDataModule.describe_inputs``
+    (a checkpoint carries that description: a trained model needs no data to be rebuilt)."""
+    with user_errors_in_one_line():
+        backbone = instantiate_group(cfg, "backbone", input_shape=tuple(inputs["transform"]["input_shape"]))
+        if objective_name(cfg) is None:
+            model = instantiate_group(cfg, "model", backbone=backbone)
+        else:
+            # the objective's own settings now; the backbone, K and covariance type from the model
+            extra = {"target_dim": inputs["target_dim"]} if "target_dim" in cfg.objective else {}
+            objective = instantiate_group(cfg, "objective", **extra)
+            model = instantiate_group(cfg, "model", backbone=backbone, objective=objective)
+    model.inputs = inputs
+    return model
 
 
 def instantiate_group(cfg: DictConfig, group: str, **kwargs):

@@ -20,6 +20,7 @@ from torch.utils.data import TensorDataset
 
 from ..config import ConfigError
 from .base import TensorDataModule
+from .transform import InputTransform
 from .columns import as_spec, constant_columns, dominated_columns, select_columns
 
 log = logging.getLogger(__name__)
@@ -172,11 +173,18 @@ class ArrayDataModule(TensorDataModule):
             parts = {name: normal[idx] for name, idx in self.split_indices(len(normal)).items()}
             parts["test"] = torch.cat([parts["test"], (y != self.normal_label).nonzero().flatten()])
             y = (y != self.normal_label).long()
+            self.anomaly_rate = float(y.double().mean())  # of the whole file
         else:
             parts = self.split_indices(len(x))
         self.facts = self._check_columns(x[parts["train"]].numpy())
         offset, scale = self._fit_scaling(x[parts["train"]])
+        self.offset, self.scale = offset, scale
         return {name: TensorDataset(((x[idx] - offset) / scale).float(), y[idx]) for name, idx in parts.items()}
+
+    def input_transform(self) -> InputTransform:
+        """The file's feature columns -> the model's inputs, with the training split's scaling."""
+        self.setup()
+        return InputTransform(self.input_shape, self.offset, self.scale, None, list(self.column_names))
 
     def _check_columns(self, x_train: np.ndarray) -> dict[str, float]:
         """Warns of training columns (N, D) that break a Gaussian fit, naming them and the

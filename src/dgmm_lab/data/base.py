@@ -7,6 +7,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
+from .transform import InputTransform
+
 
 class ShardSampler(DistributedSampler):
     """Every sample exactly once over all processes (no padding with repeats), so sums
@@ -74,6 +76,17 @@ class TensorDataModule(pl.LightningDataModule):
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.tensors("train")[0].shape[1:])
+
+    def input_transform(self) -> InputTransform:
+        """Raw rows -> this module's samples (identity here; scaled data override it)."""
+        return InputTransform(self.input_shape)
+
+    def describe_inputs(self) -> dict:
+        """What a trained model needs of its data, in plain containers (checkpoints carry it):
+        the input transform, the image shape, the target dimension (data with targets y)."""
+        return {"transform": self.input_transform().state(),
+                "image_shape": list(self.image_shape) if self.image_shape else None,
+                "target_dim": self.target_dim if getattr(self, "has_targets", False) else None}
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         self.setup()

@@ -13,6 +13,7 @@ from torch.utils.data import TensorDataset
 
 from ..config import ConfigError
 from .base import TensorDataModule
+from .transform import InputTransform
 
 RAW_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
              "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
@@ -99,6 +100,11 @@ class MNISTDataModule(TensorDataModule):
     def _scale(self, x: Tensor) -> Tensor:
         x = x.float().div(255.0).unsqueeze(1)
         return x.flatten(1) if self.flatten else x
+
+    def input_transform(self) -> InputTransform:
+        """Grey levels 0-255 (any shape with 28 x 28 values per image) -> the model's inputs."""
+        self.setup()
+        return InputTransform(self.input_shape, self.offset, self.scale, 1.0 / 255.0)
 
     @property
     def pixel_scale(self) -> float:

@@ -64,6 +64,11 @@ class MNISTHalvesDataModule(MNISTDataModule):
         flat = (code.double() * self.code_scale.to(code.device)) @ basis + self.code_mean.to(code.device)
         return flat.float().reshape(*code.shape[:-1], 1, ROWS, 28)
 
+    def describe_inputs(self) -> dict:
+        """Also the PCA code of the bottom halves, so a trained model decodes its samples."""
+        return {**super().describe_inputs(), "target_code": {
+            "mean": self.code_mean, "basis": self.code_basis, "scale": self.code_scale, "rows": ROWS}}
+
     def labels(self, split: str) -> Tensor:
         self.setup()
         return self._labels[split]

@@ -164,6 +164,17 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 break
         return dict(mixture=mixture, lower_bound=lower_bound, converged=converged, n_iter=n_iter)
 
+    @classmethod
+    def from_mixture(cls, mixture: MixtureDensity, n_iter: int = 0, converged: bool = True,
+                     lower_bound: float = float("nan"), **params) -> "GaussianMixture":
+        """A fitted estimator holding ``mixture`` (as trained elsewhere, e.g. by EMGMM); params
+        are the constructor's (n_components and covariance_type come from the mixture)."""
+        est = cls(mixture.n_components, covariance_type=mixture.covariance_type, **params)
+        est.n_features_in_ = mixture.dim
+        est._set_fitted({"mixture": mixture.to(torch.float64), "converged": converged, "n_iter": n_iter,
+                         "lower_bound": lower_bound})
+        return est
+
     def _set_fitted(self, result: dict) -> None:
         m: MixtureDensity = result["mixture"]
         self._mixture = m

@@ -29,6 +29,11 @@ class MixtureModule(pl.LightningModule):
         self.exact_metrics: dict[str, float] = {}
         # set once start values exist; a run resumed from a checkpoint skips initialisation
         self.register_buffer("initialized", torch.tensor(False))
+        # what a trained model needs beyond its weights (training.py sets it; the checkpoint
+        # carries it): the input transform, image shape, target dimension and code decoder
+        self.inputs: dict | None = None
+        # anomaly runs: the flagging threshold on the anomaly score, fixed on validation data
+        self.anomaly: dict | None = None
 
     def on_fit_start(self) -> None:
         if bool(self.initialized):
@@ -118,6 +123,10 @@ class MixtureModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if getattr(self, "run_config", None) is not None:
             checkpoint["dgmm_lab_config"] = self.run_config
+        if self.inputs is not None:
+            checkpoint["dgmm_lab_inputs"] = self.inputs
+        if self.anomaly is not None:
+            checkpoint["dgmm_lab_anomaly"] = self.anomaly
         checkpoint["dgmm_lab_metrics"] = dict(self.exact_metrics)
         checkpoint["rng_state"] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
@@ -126,6 +135,8 @@ class MixtureModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         for key, value in checkpoint.get("dgmm_lab_metrics", {}).items():
             self.exact_metrics.setdefault(key, value)  # testing a best checkpoint keeps the last epoch's
+        self.inputs = checkpoint.get("dgmm_lab_inputs", self.inputs)
+        self.anomaly = checkpoint.get("dgmm_lab_anomaly", self.anomaly)
         state = checkpoint.get("rng_state")
         if state:
             torch.set_rng_state(state["torch"])
@@ -159,6 +170,9 @@ class MixtureModule(pl.LightningModule):
         if self.trainer.sanity_checking:
             return
         datamodule = self.trainer.datamodule
+        if getattr(datamodule, "anomaly_protocol", False) and stage == "val":
+            self.anomaly = anomaly_threshold(-log_p, datamodule)
+            metrics["val/anomaly_threshold"] = self.anomaly["threshold"]
         if getattr(datamodule, "anomaly_protocol", False) and stage == "test":
             scores = anomaly_metrics(y.cpu().numpy(), (-log_p).cpu().numpy(), datamodule.contamination)
             metrics.update({f"{stage}/{name}": value for name, value in scores.items()})
@@ -192,6 +206,17 @@ class MixtureModule(pl.LightningModule):
         """Width of one grey level in the space the density lives in; None when the density
         is not one of the input pixels (features, ELBOs, energies)."""
         return None
+
+
+def anomaly_threshold(scores: Tensor, datamodule) -> dict:
+    """The anomaly score above which a sample is flagged: the (1 - rate) quantile of the
+    validation split's scores (normal samples only, under the anomaly protocol), with rate
+    ``data.contamination`` or else the anomaly rate of the whole data.  It flags about that
+    fraction of normal data, fixed at training time, so new data is never needed to set it."""
+    rate = datamodule.contamination if datamodule.contamination is not None else datamodule.anomaly_rate
+    threshold = float(torch.quantile(scores.double().cpu(), 1 - rate))
+    return {"threshold": threshold, "rate": float(rate), "chosen_on": "validation normals",
+            "score": "anomaly score = -log-density (DAGMM: energy)"}
 
 
 def has_class_labels(y: Tensor) -> bool:
