@@ -197,3 +197,21 @@ def test_em_without_an_epoch_limit_stops_at_max_iter(tmp_path):
     metrics = train_in_process(["trainer.max_epochs=-1", "model.max_iter=4", "model.tol=0", "test_ckpt=last", *FAST],
                                tmp_path)
     assert metrics["train/n_iter"] == 4
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["backbone=mlp"], "backbone='mlp' does not fit model=em_gmm; allowed backbones for it: identity, pca"),
+    (["objective.lambda_energy=0.1"], "objective.lambda_energy belongs to model=deep_gmm"),
+    (["+objective.lambda_energy=0.1"], "objective.lambda_energy belongs to model=deep_gmm"),
+    (["model=deep_gmm", "+model.optimizer.momentum=0.9"], "model.optimizer.momentum is not a setting of torch.optim.Adam"),
+    (["model=deep_gmm", "model.optimizer.momentum=0.9"], "use +model.optimizer.momentum=..."),
+    (["model=deep_gmm", "model.optimizer._target_=torch.optim.SGDD"],
+     "model.optimizer._target_='torch.optim.SGDD' cannot be imported"),
+    (["model=deep_gmm", "model.scheduler.T_max=0"], "model.scheduler.T_max=0 is not allowed; allowed: an integer >= 1"),
+    (["model=deep_gmm", "model.lambda_energy=0.5"], "it is now objective.lambda_energy (objective=dagmm)"),
+    (["model=deep_gmm", "objective=vade", "objective.likelihood=bernoulli"],
+     "objective.likelihood=bernoulli models values in [0, 1], and data=SyntheticDataModule has values in"),
+])
+def test_objective_and_optimiser_mistakes_are_one_line_and_leave_no_run_dir(args, needle, tmp_path):
+    assert_one_error_line(cli(args, tmp_path), tmp_path, needle)
+    assert not list((tmp_path / "out").rglob("status.json")) and not list((tmp_path / "out").rglob(".hydra"))

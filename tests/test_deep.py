@@ -136,7 +136,7 @@ def test_vade_pretraining_loss_is_the_likelihood_or_the_squared_error_of_the_mea
     torch.manual_seed(0)
     x = torch.rand(6, 784)
     for kind in ("likelihood", "squared_error"):
-        vade = VaDEObjective(MLP((784,), 4, (32,)), 3, "diag", pretrain_reconstruction=kind)
+        vade = VaDEObjective(MLP((784,), 4, (32,)), 3, "diag", likelihood="bernoulli", pretrain_reconstruction=kind)
         logits = vade.backbone.decode(vade.encode(x)[0])
         expected = (torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(1)
                     if kind == "likelihood" else (torch.sigmoid(logits) - x).pow(2).sum(1)).mean()

@@ -41,7 +41,8 @@ def test_image_backbones_fast_dev_run(backbone, objective, mnist_dir, tmp_path):
 
 def test_vade_pretraining_on_rotated_and_shifted_digits_is_cached_apart(mnist_dir, tmp_path):
     cache = tmp_path / "cache"
-    common = ["model=deep_gmm", "objective=vade", "backbone=mlp", "data=mnist", "data.flatten=true",
+    common = ["model=deep_gmm", "objective=vade", "objective.likelihood=bernoulli", "backbone=mlp", "data=mnist",
+              "data.flatten=true",
               "data.limit_train=512", "data.limit_test=64", "k=10", "covariance=diag", "objective.pretrain_epochs=1",
               "trainer.max_epochs=1", "logger=csv", f"paths.cache_dir={cache}", *FAST]
     plain = train_in_process(common, tmp_path / "plain")
@@ -61,7 +62,7 @@ def test_em_on_pca_features_clusters_mnist(mnist_dir, tmp_path):
 
 @pytest.mark.slow
 def test_vade_clusters_mnist_well_above_chance(mnist_dir, tmp_path):
-    m = train_in_process(["model=deep_gmm", "objective=vade", "backbone=mlp", "data=mnist",
+    m = train_in_process(["model=deep_gmm", "objective=vade", "objective.likelihood=bernoulli", "backbone=mlp", "data=mnist",
                           "data.limit_train=10000", "k=10", "covariance=diag",
                           "objective.pretrain_epochs=10", "trainer.max_epochs=10",
                           f"paths.cache_dir={tmp_path}", "trainer.enable_progress_bar=false"], tmp_path)

@@ -17,13 +17,18 @@ from .config import CONF_DIR, ConfigError
 
 FLAGS = ("-m", "--multirun")
 _ABSENT = object()
+PARTIALS = ("model.optimizer", "model.scheduler")
 # the deep model's flat keys before the objective and optimiser became config groups
-MOVED = {"model.lr": "model.optimizer.lr", "model.weight_decay": "model.optimizer.weight_decay",
+MOVED = {"model.lr": "model.optimizer.lr", "lr": "model.optimizer.lr",
+         "model.weight_decay": "model.optimizer.weight_decay",
          "model.lr_schedule": "model.scheduler (model.scheduler=null: a constant rate)",
          "model.estimation_dropout": "objective.dropout (objective=dagmm)",
-         **{f"model.{key}": f"objective.{key}" for key in (
-             "lambda_energy", "lambda_cov", "likelihood", "decoder_std", "min_scale", "target_dim", "pretrain_epochs",
-             "pretrain_lr", "pretrain_reconstruction", "pretrain_rotation", "pretrain_shift", "pretrain_cache_dir")}}
+         **{f"model.{key}": f"objective.{key} (objective=dagmm)" for key in ("lambda_energy", "lambda_cov")},
+         **{f"model.{key}": f"objective.{key} (objective=vade)" for key in (
+             "likelihood", "decoder_std", "pretrain_epochs", "pretrain_lr", "pretrain_reconstruction",
+             "pretrain_rotation", "pretrain_shift", "pretrain_cache_dir")},
+         "model.target_dim": "objective.target_dim (objective=mdn)",
+         "model.min_scale": "objective.min_scale (objective=nll, vade or mdn)"}
 
 
 def check_composes(argv: list[str]) -> None:
@@ -100,6 +105,9 @@ def explain(err: Exception, overrides: list[str], points: list[str | None]) -> s
 def unknown_key(key: str, other_overrides: list[str]) -> str:
     if key in MOVED:
         return f"{key} is not a key of the config; it is now {MOVED[key]}"
+    if key.startswith("objective.") and _without_objective(other_overrides):
+        return (f"{key} belongs to model=deep_gmm (the EM-GMM has no objective); "
+                "allowed: model=deep_gmm objective=nll|dagmm|vade|mdn")
     parent, _, name = key.rpartition(".")
     try:
         cfg = compose(other_overrides)
@@ -112,4 +120,13 @@ def unknown_key(key: str, other_overrides: list[str]) -> str:
     close = difflib.get_close_matches(name, allowed, n=1)
     hint = f"did you mean {parent + '.' if parent else ''}{close[0]}? " if close else ""
     where = f"under {parent}" if parent else "at the top level"
-    return f"{key} is not a key of the config; {hint}allowed {where}: {', '.join(allowed)}"
+    # the optimiser and schedule take more arguments than their config lists (momentum, ...)
+    adding = f"; to pass another argument to {node._target_} use +{key}=..." if parent in PARTIALS else ""
+    return f"{key} is not a key of the config; {hint}allowed {where}: {', '.join(allowed)}{adding}"
+
+
+def _without_objective(overrides: list[str]) -> bool:
+    try:
+        return compose(overrides).get("objective") is None
+    except Exception:  # noqa: BLE001
+        return False

@@ -62,6 +62,9 @@ def objective_name(cfg: DictConfig) -> str | None:
     if not isinstance(node, DictConfig):
         raise ConfigError(f"objective={node!r} is a config of dgmm_lab before objectives became a config "
                           "group (conf/objective/); retrain it with this version")
+    if "_target_" not in node:
+        raise ConfigError(f"objective.{next(iter(node), '')} belongs to model=deep_gmm (the EM-GMM has no objective); "
+                          "allowed: model=deep_gmm objective=nll|dagmm|vade|mdn")
     from hydra.core.hydra_config import HydraConfig
 
     if HydraConfig.initialized() and HydraConfig.get().runtime.choices.get("objective"):
@@ -135,7 +138,8 @@ def check_config(cfg: DictConfig) -> None:
                           f"set it on the command line, e.g. {missing[0]}=...")
     for key in ("covariance", "k"):
         _check_value(key, cfg.get(key))
-    _check_objective_backbone(cfg)
+    _check_backbone(cfg)
+    _check_partials(cfg)
     _check_launcher(cfg)
     if cfg.get("test_ckpt", "best") not in ("best", "last"):
         raise ConfigError(f"test_ckpt={cfg.test_ckpt!r} is not allowed; allowed: best, last")
@@ -219,6 +223,7 @@ VALUE_RANGES = {
     "model.tol": Range(float, 0), "model.reg_covar": Range(float, 0), "model.max_iter": Range(int, 1),
     "model.n_init": Range(int, 1), "model.init_max_samples": Range(int, 1), "model.init_em_steps": Range(int, 0),
     "model.optimizer.lr": Range(float, 0, open_low=True), "model.optimizer.weight_decay": Range(float, 0),
+    "model.scheduler.T_max": Range(int, 1, nullable=True),
     "objective.n_init": Range(int, 1), "objective.min_scale": Range(float, 0, open_low=True),
     "objective.lambda_energy": Range(float, 0), "objective.lambda_cov": Range(float, 0),
     "objective.estimation_hidden": Range(int, 1), "objective.dropout": Range(float, 0, 1, open_high=True),
@@ -257,17 +262,46 @@ def _check_epochs(cfg: DictConfig) -> None:
         raise ConfigError("trainer.max_epochs=-1 would train model=deep_gmm forever (only EM stops by "
                           "itself); allowed: an integer >= 0")
 
-def _check_objective_backbone(cfg: DictConfig) -> None:
+def _check_backbone(cfg: DictConfig) -> None:
+    """The objective (deep GMM) or the model (EM-GMM) declares the backbones it fits."""
     from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import get_class
 
-    name = objective_name(cfg)
-    if name is None or not HydraConfig.initialized():
+    if not HydraConfig.initialized():
         return
     backbone = HydraConfig.get().runtime.choices.get("backbone")
-    allowed = objective_class(cfg).backbones
+    name = objective_name(cfg)
+    if name is None:
+        what, allowed = "model=em_gmm", get_class(cfg.model._target_).backbones
+    else:
+        what, allowed = f"objective={name!r}", objective_class(cfg).backbones
     if backbone not in allowed:
-        raise ConfigError(f"backbone={backbone!r} does not fit objective={name!r}; "
-                          f"allowed backbones for it: {', '.join(allowed)}")
+        raise ConfigError(f"backbone={backbone!r} does not fit {what}; allowed backbones for it: {', '.join(allowed)}")
+
+
+def _check_partials(cfg: DictConfig) -> None:
+    """The optimiser, schedule and objective are built only when training starts: their
+    target and keys are checked now, so a typo is one line before anything runs."""
+    import importlib
+    import inspect
+
+    for path in ("model.optimizer", "model.scheduler", "objective"):
+        node = OmegaConf.select(cfg, path)
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            continue
+        module, _, name = str(node._target_).rpartition(".")
+        try:
+            params = inspect.signature(getattr(importlib.import_module(module), name)).parameters
+        except Exception:  # noqa: BLE001 (ImportError, AttributeError, ...: the same to the user)
+            raise ConfigError(f"{path}._target_={node._target_!r} cannot be imported; allowed: a class path "
+                              f"such as torch.optim.SGD") from None
+        if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+            continue
+        built_in = {"params", "optimizer", "backbone", "n_components", "covariance_type"}  # passed at build time
+        for key in node:
+            if not str(key).startswith("_") and key not in params:
+                allowed = [n for n in params if n not in built_in and n != "self"]
+                raise ConfigError(f"{path}.{key} is not a setting of {node._target_}; allowed: {', '.join(allowed)}")
 
 
 def _check_launcher(cfg: DictConfig) -> None:
@@ -312,6 +346,13 @@ def check_against_data(cfg: DictConfig, datamodule) -> None:
         if wanted is not None and wanted != got:
             raise ConfigError(f"objective.target_dim={wanted} does not match the data's {got} target "
                               f"dimension(s); allowed: {got} or null")
+    if name and cfg.objective.get("likelihood") == "bernoulli":
+        x = datamodule.tensors("train")[0]
+        low, high = float(x.min()), float(x.max())
+        if low < 0 or high > 1:
+            raise ConfigError(f"objective.likelihood=bernoulli models values in [0, 1], and data={type(datamodule).__name__} "
+                              f"has values in [{low:.3g}, {high:.3g}] (its loss would have no lower bound); "
+                              "allowed: objective.likelihood=gaussian, or data scaled to [0, 1]")
     augment = [key for key in ("pretrain_rotation", "pretrain_shift") if name and cfg.objective.get(key)]
     if augment and getattr(datamodule, "image_shape", None) is None:
         raise ConfigError(f"objective.{augment[0]}={cfg.objective[augment[0]]} rotates or shifts images, and "

@@ -57,13 +57,14 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def remove_if_untouched(output_dir: Path) -> None:
-    """A run refused before it started leaves no dated dir behind (only Hydra's .hydra/ and an
-    empty log would be in it)."""
+    """A run refused before it started leaves no dated dir behind: only Hydra's .hydra/, the
+    log and a 'failed' status would be in it, nothing trained."""
     if not output_dir.is_dir() or global_rank_from_env() != 0:
         return
     names = {p.name for p in output_dir.iterdir()}
-    log_file = output_dir / "train.log"
-    if names <= {".hydra", "train.log"} and (not log_file.exists() or log_file.stat().st_size == 0):
+    status = output_dir / "status.json"
+    refused = not status.exists() or '"failed"' in status.read_text()
+    if names <= {".hydra", "train.log", "status.json", "run.lock"} and refused:
         shutil.rmtree(output_dir, ignore_errors=True)
 
 

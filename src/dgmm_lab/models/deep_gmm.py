@@ -66,7 +66,10 @@ class DeepGMM(MixtureModule):
         opt = self.make_optimizer(self.parameters())
         if self.make_scheduler is None:
             return opt
-        return {"optimizer": opt, "lr_scheduler": self.make_scheduler(opt)}
+        length = {}
+        if getattr(self.make_scheduler, "keywords", {}).get("T_max", 0) is None:  # as long as the run
+            length["T_max"] = max(1, self.trainer.max_epochs)
+        return {"optimizer": opt, "lr_scheduler": self.make_scheduler(opt, **length)}
 
     def on_train_epoch_start(self) -> None:
         self._epoch_start = time.perf_counter()

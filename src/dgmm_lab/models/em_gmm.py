@@ -52,6 +52,9 @@ class EMGMM(MixtureModule):
     log-likelihood; n_iter: the EM iterations run.  ``mixture`` wraps them as a ``MixtureDensity``.
     """
 
+    # fixed maps only: EM does not train a feature extractor (nets would stay at their random init)
+    backbones = ("identity", "pca")
+
     def __init__(self, backbone: FeatureExtractor, n_components: int, covariance_type: str = "full",
                  tol: float = 1e-3, reg_covar: float = 1e-6, max_iter: int = 100,
                  init_params: str = "kmeans", n_init: int = 1, init_max_samples: int = 20000,

@@ -42,8 +42,8 @@ class VaDEObjective(Objective):
     """The negative ELBO per sample; log_prob is the ELBO at the posterior mean.
 
     backbone: an autoencoder (mlp, conv, resnet) whose code is the posterior mean (N,
-    latent_dim), plus a log-variance head; likelihood ``bernoulli`` (pixels in [0, 1]) or
-    ``gaussian`` with ``decoder_std``; min_scale floors the prior's standard deviations;
+    latent_dim), plus a log-variance head; likelihood ``gaussian`` with ``decoder_std`` or
+    ``bernoulli`` (pixels in [0, 1]: any other value makes the loss unbounded below); min_scale floors the prior's standard deviations;
     n_init EM starts on the pre-trained codes.  ``pretrain_epochs`` > 0 adds the autoencoder
     stage (``pretrain_*``: its learning rate, loss, image augmentation and cache).
     """
@@ -53,7 +53,7 @@ class VaDEObjective(Objective):
     offers = frozenset({"cluster", "density", "sample", "embed", "decode"})
 
     def __init__(self, backbone: FeatureExtractor, n_components: int, covariance_type: str,
-                 likelihood: str = "bernoulli", decoder_std: float = 1.0, min_scale: float = 1e-3,
+                 likelihood: str = "gaussian", decoder_std: float = 1.0, min_scale: float = 1e-3,
                  n_init: int = 1, pretrain_epochs: int = 0, pretrain_lr: float = 1e-3,
                  pretrain_reconstruction: str = "likelihood", pretrain_rotation: float = 0.0,
                  pretrain_shift: float = 0.0, pretrain_cache_dir: str | None = None):
@@ -136,10 +136,13 @@ class VaDEObjective(Objective):
         floor = PRIOR_VARIANCE_FLOOR * float(log_var.exp().mean())
         covariances, raised = floor_variances(torch.as_tensor(gm.covariances_), gen.covariance_type, floor)
         if raised:
-            log.warning("VaDE start: %d variance(s) of the EM fit on the pre-trained codes were below %.3g "
-                        "(a tenth of the encoder's posterior variance) and were raised to it: the codes "
-                        "hardly vary in those directions, and a prior that narrow collapses in the first "
-                        "steps; longer pre-training gives codes that need no floor", raised, floor)
+            codes_are = "pre-trained codes" if self.pretraining else "codes of the untrained encoder"
+            remedy = "longer pre-training gives codes that need no floor" if self.pretraining else \
+                "objective.pretrain_epochs > 0 gives codes that need no floor"
+            log.warning("VaDE start: %d variance(s) of the EM fit on the %s were below %.3g (a tenth of the "
+                        "encoder's posterior variance) and were raised to it: the codes hardly vary in those "
+                        "directions, and a prior that narrow collapses in the first steps; %s",
+                        raised, codes_are, floor, remedy)
         gen.set_from(torch.as_tensor(gm.weights_), torch.as_tensor(gm.means_), covariances)
 
     def embed(self, x: Tensor) -> Tensor:
