@@ -123,6 +123,26 @@ def user_data(cwd: Path) -> None:
         np.savez(cwd / "my.npz", X=centres[y] + rng.normal(size=(1500, 4)), y=y)
 
 
+NEW_USER_FILES = ("my.csv", "new.csv", "new.npy", "x.npy")
+
+
+def prediction_data(cwd: Path) -> None:
+    """The files of the "Use a trained model" commands: ``my.csv`` (columns a, b, c, d and a
+    label y), new rows ``new.csv`` (a, b, c, d) and ``new.npy`` (like my.npz's features, a
+    few far away), and inputs ``x.npy`` of Bishop's MDN."""
+    if (cwd / "x.npy").exists():
+        return
+    rng = np.random.default_rng(1)
+    centres = rng.normal(scale=6, size=(5, 4))
+    y = rng.integers(0, 5, size=1500)
+    x = centres[y] + rng.normal(size=(1500, 4))
+    np.savetxt(cwd / "my.csv", np.c_[x, y], delimiter=",", header="a,b,c,d,y", comments="", fmt="%.6g")
+    np.savetxt(cwd / "new.csv", x[:200] + rng.normal(scale=0.1, size=(200, 4)), delimiter=",",
+               header="a,b,c,d", comments="", fmt="%.6g")
+    np.save(cwd / "new.npy", np.r_[x[:190], rng.normal(scale=30, size=(10, 4))])
+    np.save(cwd / "x.npy", np.linspace(0.0, 1.0, 50)[:, None])
+
+
 def as_param(entry: dict):
     """Multi-process commands carry the ddp mark, like the suite's other DDP tests."""
     marks = [pytest.mark.ddp] if "trainer=ddp" in entry["command"] and not entry["untested"] else []
@@ -138,6 +158,8 @@ def test_readme_command(entry, project):
         pytest.skip(reason)
     if "my.npz" in entry["command"]:
         user_data(project)
+    if any(name in entry["command"] for name in NEW_USER_FILES):
+        prediction_data(project)
     if "setup.sh" in entry["command"]:
         venv = project / ".venv"
         assert not (project / "pyproject.toml").stat().st_mtime > (venv / ".installed").stat().st_mtime, \
