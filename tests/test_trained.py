@@ -155,7 +155,8 @@ def test_checkpoints_without_an_input_description_are_refused_in_one_line(tmp_pa
 
 @pytest.mark.slow
 def test_vade_samples_are_images_in_grey_levels(mnist_dir, tmp_path):
-    train_in_process(["model=deep_gmm", "objective=vade", "data=mnist", "data.flatten=true", f"data.data_dir={mnist_dir}",
+    train_in_process(["model=deep_gmm", "objective=vade", "objective.likelihood=bernoulli", "data=mnist",
+                      "data.flatten=true", f"data.data_dir={mnist_dir}",
                       "data.limit_train=1000", "data.val_size=200", "data.limit_test=200", "objective.pretrain_epochs=1",
                       "k=4", "trainer.max_epochs=1", "trainer.enable_progress_bar=false"], tmp_path)
     model = dgmm_lab.load(tmp_path)
@@ -165,3 +166,17 @@ def test_vade_samples_are_images_in_grey_levels(mnist_dir, tmp_path):
     grey = np.round(datamodule.tensors("test")[0].numpy() * 255).reshape(-1, 28, 28)  # as torchvision holds them
     clusters = model.predict(grey)
     assert clusters.shape == (200,) and len(set(clusters)) > 1
+
+
+@pytest.mark.slow
+def test_mnist_halves_completions_keep_the_top_half_and_draw_bottom_halves(mnist_dir, tmp_path):
+    train_in_process(["experiment=mdn_mnist_halves", f"data.data_dir={mnist_dir}", "data.limit_train=1000",
+                      "data.val_size=200", "data.limit_test=100", "k=3", "trainer.max_epochs=1",
+                      "trainer.enable_progress_bar=false"], tmp_path)
+    model = dgmm_lab.load(tmp_path)
+    datamodule, _ = load_model(tmp_path)
+    top = np.round(datamodule.tensors("test")[0][:5].numpy() * 255)            # (5, 1, 14, 28) grey levels
+    images = model.complete(top, 3, seed=0)
+    assert images.shape == (5, 3, 28, 28) and images.min() >= 0 and images.max() <= 255
+    np.testing.assert_array_equal(images[:, :, :14], np.broadcast_to(top.reshape(5, 1, 14, 28), (5, 3, 14, 28)))
+    assert images[:, :, 14:].std() > 1 and not np.allclose(images[:, 0, 14:], images[:, 1, 14:])
