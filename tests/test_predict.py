@@ -3,6 +3,7 @@ equal the Python API's answers, the test split is the default input, and every b
 one ``dgmm_lab: error:`` line with exit status 2 and nothing written."""
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -311,3 +312,33 @@ def test_help(capsys):
     sample_cli.main(["-h"])
     out = capsys.readouterr().out
     assert out.startswith("usage: python -m dgmm_lab.predict") and "usage: python -m dgmm_lab.sample" in out
+
+
+def test_sigterm_during_predict_leaves_no_partial_file_and_says_so_in_one_line(tmp_path):
+    import signal
+    import time
+
+    train_in_process(["debug=fast"], tmp_path / "run")
+    big = tmp_path / "big.npy"
+    np.save(big, np.random.default_rng(0).normal(size=(2_000_000, 2)))
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "dgmm_lab.predict", f"ckpt_path={tmp_path / 'run'}",
+                             f"input={big}", f"output={out / 'p.csv'}"], stderr=subprocess.PIPE, text=True)
+    time.sleep(8)  # torch loaded, the model built, batches being written
+    assert proc.poll() is None, "predict finished before the signal: make the input larger"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err[-2000:]
+    assert [line for line in err.splitlines() if line.strip()] == [
+        "dgmm_lab: interrupted by SIGTERM; no output was written"], err[-2000:]
+    assert list(out.iterdir()) == []
+
+
+def test_evaluate_takes_a_run_dir(tmp_path):
+    metrics = train_in_process(["debug=fast"], tmp_path / "run")
+    ev = subprocess.run([sys.executable, "-m", "dgmm_lab.evaluate", f"ckpt_path={tmp_path / 'run'}",
+                         f"output_dir={tmp_path / 'eval'}"], capture_output=True, text=True)
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    got = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert got["test/nll"] == metrics["test/nll"]

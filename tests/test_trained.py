@@ -73,6 +73,14 @@ def test_standardised_csv_data_and_the_anomaly_threshold(tmp_path):
     info = model.anomaly_info
     assert info["rate"] == pytest.approx(60 / 960) and info["threshold"] == pytest.approx(
         metrics["val/anomaly_threshold"])
+    # with the transform's log-determinant, the log-density of the rows in the file's units
+    from scipy.stats import multivariate_normal
+
+    est, offset, scale = model.to_estimator(), model.transform.offset.numpy(), model.transform.scale.numpy()
+    raw_density = sum(w * multivariate_normal(m * scale + offset, c * np.outer(scale, scale)).pdf(anomalies[:20])
+                      for w, m, c in zip(est.weights_, est.means_, est.covariances_))
+    np.testing.assert_allclose(model.score_samples(anomalies[:20]) + model.transform.log_det(), np.log(raw_density),
+                               rtol=1e-6)
     raw_val = model.transform.invert(datamodule.tensors("val")[0]).numpy()
     assert model.is_anomaly(raw_val).mean() == pytest.approx(info["rate"], abs=2 / len(raw_val))
     assert model.is_anomaly(anomalies).mean() > 0.9

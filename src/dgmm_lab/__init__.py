@@ -4,6 +4,10 @@ __version__ = "0.1.0"
 __all__ = ["GaussianMixture", "MixtureDensity", "load", "__version__"]
 
 
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
 def __getattr__(name: str):
     # imported on first use: the command line checks its arguments before torch loads
     if name == "GaussianMixture":

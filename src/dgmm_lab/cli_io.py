@@ -52,8 +52,11 @@ def command_main(argv: list[str] | None, usage: str, allowed: tuple[str, ...], r
     arguments (``ckpt_path`` and ``required`` present) go to ``action(args)``, and a
     ConfigError or a ValueError of the trained model or its input transform becomes one
     ``dgmm_lab: error:`` line with exit status 2."""
+    import signal
+
     from .config import report_and_exit
     from .console import quiet_lightning
+    from .lifecycle import Interrupted, SignalGuard
 
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in argv):
@@ -65,9 +68,14 @@ def command_main(argv: list[str] | None, usage: str, allowed: tuple[str, ...], r
         for key in required:
             if not args.get(key):
                 raise ConfigError(f"{key} is required; {usage.splitlines()[0]}")
-        action(args)
+        with SignalGuard():  # SIGTERM/Ctrl-C: the partial output is removed on the way out
+            action(args)
     except ValueError as err:
         report_and_exit(ConfigError(" ".join(str(err).split())))
+    except (Interrupted, KeyboardInterrupt) as stop:
+        signum = getattr(stop, "signum", signal.SIGINT)
+        print(f"dgmm_lab: interrupted by {signal.Signals(signum).name}; no output was written", file=sys.stderr)
+        sys.exit(128 + signum)
 
 
 def int_arg(args: dict, key: str, default: int, minimum: int | None = 1) -> int:
@@ -271,6 +279,9 @@ def written_whole(path: Path, binary: bool = False):
         with open(tmp, "wb" if binary else "w", newline=None if binary else "") as f:
             yield f
         path.parent.mkdir(parents=True, exist_ok=True)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; the output is an ordinary file
         if folder == path.parent:
             os.replace(tmp, path)
         else:  # the folder did not exist: made only now, once everything is written

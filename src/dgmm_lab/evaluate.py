@@ -21,7 +21,7 @@ from .config import CONF_DIR, ConfigError, report_and_exit
 
 
 USAGE = ("usage: python -m dgmm_lab.evaluate ckpt_path=CHECKPOINT [output_dir=DIR] [key=value ...]\n"
-         "  CHECKPOINT  a .ckpt written by dgmm_lab.train (it carries its run's config)\n"
+         "  CHECKPOINT  a .ckpt written by dgmm_lab.train (it carries its run's config), or a run dir (its best)\n"
          "  DIR         where metrics.json goes (default: RUN_DIR/eval/<time>/)\n"
          "  key=value   a dotted key of the run's config (data.limit_test=1000) or data=GROUP")
 
@@ -107,9 +107,9 @@ def main(argv: list[str] | None = None) -> None:
             raise ConfigError(f"argument {bad[0]!r} is not key=value; {USAGE.splitlines()[0]}")
         if not args.get("ckpt_path"):
             raise ConfigError(f"ckpt_path is required; {USAGE.splitlines()[0]}")
-        ckpt = Path(args["ckpt_path"])
-        if not ckpt.is_file():
-            raise ConfigError(f"ckpt_path={str(ckpt)!r} does not exist")
+        from .trained import checkpoint_of
+
+        ckpt = checkpoint_of(Path(args["ckpt_path"]), "best", "ckpt_path")  # a .ckpt, or a run dir's best one
         out = Path(args["output_dir"]) if args.get("output_dir") else None
         evaluate(ckpt, rest, out)
     except ConfigError as err:

@@ -48,18 +48,18 @@ def load(path, which: str = "best", device: str = "cpu") -> "TrainedModel":
     return TrainedModel(module.eval().to(device), cfg, ckpt)
 
 
-def checkpoint_of(path: Path, which: str) -> Path:
+def checkpoint_of(path: Path, which: str, key: str = "path") -> Path:
     if which not in ("best", "last"):
         raise ConfigError(f"which={which!r} is not allowed; allowed: best, last")
     if not path.exists():
-        raise ConfigError(f"path: {path} does not exist")
+        raise ConfigError(f"{key}: {path} does not exist")
     if path.is_file():
         return path
     folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
     found = sorted(folder.glob("best-*.ckpt")) if which == "best" else [folder / "last.ckpt"]
     found = [p for p in found if p.is_file()] or ([folder / "last.ckpt"] if (folder / "last.ckpt").is_file() else [])
     if not found:
-        raise ConfigError(f"path: {path} holds no checkpoint (checkpoints/best-*.ckpt or last.ckpt)")
+        raise ConfigError(f"{key}: {path} holds no checkpoint (checkpoints/best-*.ckpt or last.ckpt)")
     return found[-1]
 
 

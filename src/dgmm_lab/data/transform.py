@@ -31,12 +31,15 @@ class InputTransform:
     def __call__(self, raw) -> Tensor:
         """Raw rows (N, ...) -> model inputs (N, *input_shape), float32."""
         x = torch.as_tensor(np.asarray(raw, dtype=np.float64))
+        if x.ndim == 1 and self.n_features > 1 and len(x) == self.n_features:
+            x = x.unsqueeze(0)  # one row given as a vector
         if x.ndim == 0 or x.shape[0] == 0:
             raise ValueError("the input has no rows")
         flat = x.reshape(x.shape[0], -1)
         if flat.shape[1] != self.n_features:
+            shape = f" ({' x '.join(map(str, self.input_shape))})" if len(self.input_shape) > 1 else ""
             raise ValueError(f"the input has {flat.shape[1]} values per row; the model was trained on "
-                             f"{self.n_features} ({' x '.join(map(str, self.input_shape))})")
+                             f"{self.n_features}{shape}")
         if not torch.isfinite(flat).all():
             bad = (~torch.isfinite(flat)).any(1).nonzero().flatten()
             raise ValueError(f"the input has NaN or inf values in {len(bad)} row(s), first row {int(bad[0])}")
@@ -51,6 +54,13 @@ class InputTransform:
         if self.pixel_scale is not None:
             flat = flat / self.pixel_scale
         return flat.reshape(x.shape)
+
+    def log_det(self) -> float:
+        """log |det d transform(x) / dx|: add it to a model's log-density of transformed inputs
+        to get the log-density in the raw units (exact densities: EM, objective=nll)."""
+        scale = _as_tensor(self.scale).expand(self.n_features)
+        pixel = math.log(self.pixel_scale) * self.n_features if self.pixel_scale is not None else 0.0
+        return float(pixel - scale.log().sum())
 
     def state(self) -> dict:
         """Plain containers and tensors only (a checkpoint loads with weights_only=True)."""
