@@ -20,6 +20,14 @@ def train(tmp_path, name, extra):
     return json.loads((out / "metrics.json").read_text())
 
 
+def one_process_and_two(tmp_path, common):
+    """metrics.json of one process with batch 256 and of two DDP processes with 128 each."""
+    one = train(tmp_path, "one", [*common, "data.batch_size=256"])
+    two = train(tmp_path, "two", [*common, "data.batch_size=128", "trainer=ddp", "trainer.accelerator=cpu",
+                                  "trainer.devices=2"])
+    return one, two
+
+
 @pytest.mark.parametrize("covariance", ["full", "diag"])
 def test_em_two_processes_equal_one(covariance, tmp_path):
     one = train(tmp_path, "one", [*EM, f"covariance={covariance}"])
@@ -56,9 +64,7 @@ def test_deep_gmm_two_processes_equal_one_with_the_same_global_batch(tmp_path):
     # gradients of the two half-batch means = the gradient of the full-batch mean
     common = ["model=deep_gmm", "objective=nll", "backbone=identity", "debug=fast", "data.n_samples=3000",
               "trainer.max_epochs=3", "model.optimizer.lr=0.01"]
-    one = train(tmp_path, "one", [*common, "data.batch_size=256"])
-    two = train(tmp_path, "two", [*common, "data.batch_size=128", "trainer=ddp", "trainer.accelerator=cpu",
-                                  "trainer.devices=2"])
+    one, two = one_process_and_two(tmp_path, common)
     for key in ("val/nll", "test/nll"):
         assert two[key] == pytest.approx(one[key], rel=1e-5), key
     assert two["test/acc"] == one["test/acc"]
@@ -70,9 +76,7 @@ def test_dagmm_two_processes_equal_one_with_the_same_global_batch(tmp_path):
     # two ranks x 128 train and evaluate as one process x 256
     common = ["model=deep_gmm", "objective=dagmm", "backbone=mlp", "objective.dropout=0", "debug=fast",
               "data.n_samples=3000", "data.dim=4", "trainer.max_epochs=3", "test_ckpt=last"]
-    one = train(tmp_path, "one", [*common, "data.batch_size=256"])
-    two = train(tmp_path, "two", [*common, "data.batch_size=128", "trainer=ddp", "trainer.accelerator=cpu",
-                                  "trainer.devices=2"])
+    one, two = one_process_and_two(tmp_path, common)
     for key in ("val/nll", "test/nll"):
         assert two[key] == pytest.approx(one[key], rel=1e-4), key
 
@@ -85,8 +89,6 @@ def test_vade_pretraining_two_processes_equal_one_with_the_same_global_batch(tmp
     common = ["model=deep_gmm", "objective=vade", "backbone=mlp", "debug=fast", "data.n_samples=3000",
               "data.dim=4", "backbone.latent_dim=2", "objective.pretrain_epochs=3", "objective.pretrain_lr=0.01",
               "objective.likelihood=gaussian", "trainer.max_epochs=0", "test_ckpt=last", "objective.pretrain_cache_dir=null"]
-    one = train(tmp_path, "one", [*common, "data.batch_size=256"])
-    two = train(tmp_path, "two", [*common, "data.batch_size=128", "trainer=ddp", "trainer.accelerator=cpu",
-                                  "trainer.devices=2"])
+    one, two = one_process_and_two(tmp_path, common)
     for key in ("test/nll", "start/ari"):
         assert two[key] == pytest.approx(one[key], rel=1e-4), key

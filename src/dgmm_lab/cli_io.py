@@ -166,11 +166,10 @@ def read_input(path: Path, model) -> InputRows:
 
 
 def _check_count(where: str, per_row: int, model) -> None:
-    transform = model.transform
-    if per_row != transform.n_features:
-        shape = " x ".join(map(str, transform.input_shape))
-        raise ConfigError(f"{where} has {per_row} values per row; the model was trained on "
-                          f"{transform.n_features} ({shape})")
+    try:
+        model.transform.check_count(where, per_row)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _array_of(path: Path, suffix: str, model) -> np.ndarray:

@@ -192,16 +192,14 @@ class TrainedModel:
     def _marginals(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         from .mixture.density import covariance_from_precision_cholesky
 
-        log_w, means, prec_chol = self.objective.conditional_mixture(x)
+        log_w, means, prec_chol = (t.double() for t in self.objective.conditional_mixture(x))
         kind = self.objective.covariance_type
-        cov = covariance_from_precision_cholesky(prec_chol.double(), kind) if kind in ("full", "tied") else None
         if kind in ("full", "tied"):
+            cov = covariance_from_precision_cholesky(prec_chol, kind)
             var = torch.diagonal(cov, dim1=-2, dim2=-1).expand_as(means)
-        elif kind == "diag":
-            var = prec_chol.double().pow(-2)
-        else:
-            var = prec_chol.double().pow(-2).unsqueeze(-1).expand_as(means)
-        return log_w.double().exp(), means.double(), var.double().sqrt()
+        else:  # diag (N, K, D) or spherical (N, K) precision factors
+            var = (prec_chol.pow(-2) if kind == "diag" else prec_chol.pow(-2).unsqueeze(-1)).expand_as(means)
+        return log_w.exp(), means, var.sqrt()
 
     def complete(self, top_halves, n: int, seed: int = 0) -> np.ndarray:
         """(N, n, 28, 28) grey-level images: each top half with n sampled bottom halves

@@ -36,10 +36,7 @@ class InputTransform:
         if x.ndim == 0 or x.shape[0] == 0:
             raise ValueError("the input has no rows")
         flat = x.reshape(x.shape[0], -1)
-        if flat.shape[1] != self.n_features:
-            shape = f" ({' x '.join(map(str, self.input_shape))})" if len(self.input_shape) > 1 else ""
-            raise ValueError(f"the input has {flat.shape[1]} values per row; the model was trained on "
-                             f"{self.n_features}{shape}")
+        self.check_count("the input", flat.shape[1])
         if not torch.isfinite(flat).all():
             bad = (~torch.isfinite(flat)).any(1).nonzero().flatten()
             raise ValueError(f"the input has NaN or inf values in {len(bad)} row(s), first row {int(bad[0])}")
@@ -47,6 +44,12 @@ class InputTransform:
             flat = flat * self.pixel_scale
         flat = (flat - _as_tensor(self.offset)) / _as_tensor(self.scale)
         return flat.float().reshape(x.shape[0], *self.input_shape)
+
+    def check_count(self, where: str, per_row: int) -> None:
+        """ValueError naming ``where`` unless rows have this model's number of values."""
+        if per_row != self.n_features:
+            shape = f" ({' x '.join(map(str, self.input_shape))})" if len(self.input_shape) > 1 else ""
+            raise ValueError(f"{where} has {per_row} values per row; the model was trained on {self.n_features}{shape}")
 
     def invert(self, x: Tensor) -> Tensor:
         """Model inputs (N, *input_shape) -> raw units (N, *input_shape), float64 (samples)."""
