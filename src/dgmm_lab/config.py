@@ -43,6 +43,17 @@ OmegaConf.register_new_resolver("cwd", os.getcwd, replace=True)
 OmegaConf.register_new_resolver("ensure_dir", _ensure_dir, replace=True)
 
 
+def selection_metric(*, _root_: DictConfig) -> str:
+    """optimized_metric's default: what means "a better model" for the run's objective (its
+    protocol's ``selection_metric``); the EM-GMM's is its likelihood."""
+    objective = _root_.get("objective")
+    return objective_class(_root_).selection_metric if isinstance(objective, DictConfig) and "_target_" in objective \
+        else "val/nll"
+
+
+OmegaConf.register_new_resolver("selection_metric", selection_metric, replace=True)
+
+
 def report_and_exit(err: Exception) -> None:
     print(f"dgmm_lab: error: {err}", file=sys.stderr)
     sys.exit(2)
@@ -149,15 +160,18 @@ def check_config(cfg: DictConfig) -> None:
     _check_monitor_and_device(cfg)
 
 
-# what checkpoints and sweeps can minimise: validation metrics logged every epoch
-MONITORED = ("val/nll", "val/bits_per_dim", "train/loss")
+# what checkpoints and sweeps can minimise: metrics logged every epoch; val/loss only where
+# the objective logs it (its selection_metric: DAGMM)
+MONITORED = ("val/nll", "val/bits_per_dim", "train/loss", "val/loss")
 
 
 def _check_monitor_and_device(cfg: DictConfig) -> None:
     metric = cfg.get("optimized_metric")
-    if metric is not None and metric not in MONITORED:
-        raise ConfigError(f"optimized_metric={metric!r} is not allowed; allowed: {', '.join(MONITORED)} "
-                          "(minimised; val/bits_per_dim for image densities)")
+    own = selection_metric(_root_=cfg)
+    allowed = [m for m in MONITORED if m != "val/loss" or own == "val/loss"]
+    if metric is not None and metric not in allowed:
+        raise ConfigError(f"optimized_metric={metric!r} is not allowed; allowed: {', '.join(allowed)} "
+                          f"(minimised; val/bits_per_dim for image densities; default: {own})")
     accelerator = str(cfg.get("trainer", {}).get("accelerator", "cpu"))
     if accelerator in ("gpu", "cuda"):
         import torch

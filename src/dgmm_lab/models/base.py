@@ -181,7 +181,7 @@ class MixtureModule(pl.LightningModule):
                 metrics[f"{stage}/{name}"] = value
         metrics.update(self.extra_eval_metrics(stage, log_p))
         if stage == "val":  # the best epoch's value in float64 (Lightning's monitor is float32)
-            for key in ("val/nll", "val/bits_per_dim"):
+            for key in ("val/nll", "val/bits_per_dim", "val/loss"):
                 if key in metrics:
                     metrics[f"best/{key}"] = min(metrics[key], self.exact_metrics.get(f"best/{key}", math.inf))
         self.log_exact(metrics)

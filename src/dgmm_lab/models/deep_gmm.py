@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ..distributed import all_reduce_with_grad, sum_over_processes
+from ..distributed import all_reduce_with_grad, gather_uneven, sum_over_processes
 from ..nets.feature_extractor import FeatureExtractor
 from ..objectives.base import Objective
 from .base import MixtureModule
@@ -42,6 +42,7 @@ class DeepGMM(MixtureModule):
         self.objective: Objective = objective(backbone, n_components, covariance_type)
         self.make_optimizer = optimizer or (lambda params: torch.optim.Adam(params, lr=1e-3))
         self.make_scheduler = scheduler
+        self._val_losses: list[Tensor] = []  # per-sample val/loss terms of this validation
 
     @property
     def backbone(self) -> FeatureExtractor:
@@ -122,10 +123,19 @@ class DeepGMM(MixtureModule):
         objective scores the targets y."""
         return self.objective.log_prob(x, y if self.conditional else None), self.objective.cluster(x)
 
+    def validation_step(self, batch, batch_idx):
+        super().validation_step(batch, batch_idx)
+        if self.objective.selection_metric == "val/loss" and not self.trainer.sanity_checking:
+            self._val_losses.append(self.objective.validation_loss(batch[0]).double())
+
     def extra_eval_metrics(self, stage: str, log_p: Tensor) -> dict[str, float]:
+        metrics = {}
+        if stage == "val" and self._val_losses:
+            metrics["val/loss"] = float(gather_uneven(torch.cat(self._val_losses)).mean())
+            self._val_losses.clear()
         if self.conditional:
-            return {f"{stage}/nll_per_dim": float(-log_p.mean()) / self.objective.target_dim}
-        return super().extra_eval_metrics(stage, log_p)
+            return {**metrics, f"{stage}/nll_per_dim": float(-log_p.mean()) / self.objective.target_dim}
+        return {**metrics, **super().extra_eval_metrics(stage, log_p)}
 
     def pixel_bin_width(self, datamodule) -> float | None:
         if not self.objective.exact_input_density:

@@ -6,13 +6,21 @@ trains on its shard of the shuffled training split, as the main loop does, and t
 gradients are averaged over the processes after every backward pass: two ranks with batch
 B/2 take the steps of one process with batch B, and every rank ends with the same
 autoencoder.  The result is cached on disk by everything that shapes it, so a sweep over K
-or the covariance type pre-trains once.
+or the covariance type pre-trains once: the jobs of a parallel sweep take turns on a lock
+file beside the cache, the first pre-trains, the others wait and load its file, which is
+written whole (a temporary file renamed into place).  Under DDP only rank 0 of a job takes
+that lock and its ranks follow its decision, so they never wait on each other's lock.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import itertools
 import logging
+import os
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -30,13 +38,82 @@ MIXTURE_PREFIX = "parameter_generator."
 def pretrain(objective: Objective, datamodule, device: torch.device, seed: int, is_global_zero: bool) -> None:
     """Train the objective's networks, without its mixture, on ``objective.pretrain_loss``;
     load them from the cache instead where an identical stage ran before."""
-    stage = objective.pretraining
     cache = cache_path(objective, datamodule, seed)
-    if cache is not None and cache.exists():
-        state = torch.load(cache, map_location=device)
-        objective.load_state_dict({k: v for k, v in state.items() if not k.startswith(MIXTURE_PREFIX)}, strict=False)
-        log.info("pre-trained autoencoder loaded from %s", cache)
+    with cache_turn(cache, device, is_global_zero) as cached:
+        if cached:
+            state = torch.load(cache, map_location=device)
+            objective.load_state_dict({k: v for k, v in state.items() if not k.startswith(MIXTURE_PREFIX)},
+                                      strict=False)
+            log.info("pre-trained autoencoder loaded from %s", cache)
+            return
+        train(objective, datamodule, device)
+        if cache is not None and is_global_zero:
+            state = {k: v for k, v in objective.state_dict().items() if not k.startswith(MIXTURE_PREFIX)}
+            tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+            torch.save(state, tmp)
+            os.replace(tmp, cache)  # a reader sees no file or the whole file
+
+
+LOAD, TRAIN, WAIT = 0, 1, 2
+
+
+@contextmanager
+def cache_turn(cache: Path | None, device: torch.device, is_global_zero: bool):
+    """Yields whether to load the cache (else pre-train, holding the lock until the cache is
+    written).  Rank 0 decides every second and broadcasts it, so the ranks of one job agree
+    and none blocks in a collective for as long as another job pre-trains."""
+    if cache is None:
+        yield False
         return
+    lock = None
+    try:
+        for turn in itertools.count():
+            decision = WAIT
+            if is_global_zero:
+                decision, lock = _decide(cache)
+            decision = _from_rank_zero(decision, device)
+            if decision != WAIT:
+                break
+            if turn == 0 and is_global_zero:
+                log.info("waiting for %s: another job is pre-training it", cache)
+            time.sleep(1.0)
+        yield decision == LOAD
+    finally:
+        if lock is not None:
+            lock.close()  # releases the flock
+
+
+def _decide(cache: Path):
+    """(LOAD, None) if the cache is there, (TRAIN, held lock) for the job that pre-trains it,
+    (WAIT, None) while another job does."""
+    if cache.exists():
+        return LOAD, None
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(cache.with_suffix(".lock"), "a")
+    except OSError:  # a read-only folder: no lock, and pre-training cannot write there either
+        return TRAIN, None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        return WAIT, None
+    if cache.exists():  # written while this job waited
+        lock.close()
+        return LOAD, None
+    return TRAIN, lock
+
+
+def _from_rank_zero(decision: int, device: torch.device) -> int:
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return decision
+    t = torch.tensor([decision], device=device)
+    dist.broadcast(t, 0)
+    return int(t.item())
+
+
+def train(objective: Objective, datamodule, device: torch.device) -> None:
+    stage = objective.pretraining
     params = [p for n, p in objective.named_parameters() if not n.startswith(MIXTURE_PREFIX)]
     opt = torch.optim.Adam(params, lr=stage.lr)
     loader = datamodule.train_dataloader()
@@ -51,9 +128,6 @@ def pretrain(objective: Objective, datamodule, device: torch.device, seed: int, 
             opt.step()
             total += float(loss.detach())
         log.info("pre-training epoch %d: reconstruction %.4f", epoch, total / max(1, len(loader)))
-    if cache is not None and is_global_zero:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({k: v for k, v in objective.state_dict().items() if not k.startswith(MIXTURE_PREFIX)}, cache)
 
 
 def average_gradients_over_processes(params: list[nn.Parameter]) -> None:

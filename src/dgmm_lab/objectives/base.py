@@ -51,6 +51,10 @@ class Objective(nn.Module):
     conditional: ClassVar[bool] = False
     # the evaluation mixture is estimated over the training set before every validation
     needs_training_set_pass: ClassVar[bool] = False
+    # what checkpoints and sweeps select by (optimized_metric's default): the validation
+    # metric whose minimum means the better model; DAGMM's energy (its val/nll) is not one,
+    # it rises while the whole loss falls, so DAGMM takes its loss on validation data
+    selection_metric: ClassVar[str] = "val/nll"
     # set by the constructor where the settings ask for autoencoder pre-training
     pretraining: Pretraining | None = None
 
@@ -87,6 +91,11 @@ class Objective(nn.Module):
 
     def initialize(self, x: Tensor, generator) -> None:
         """Start values from a training subsample x, after any pre-training."""
+
+    def validation_loss(self, x: Tensor) -> Tensor:
+        """(N,) per-sample terms whose mean is the loss on held-out data (``val/loss``; the
+        objectives whose ``selection_metric`` it is)."""
+        raise NotImplementedError(f"objective={self.name} logs no val/loss")
 
     def pretrain_loss(self, x: Tensor) -> Tensor:
         """The pre-training stage's loss (objectives with ``pretraining``)."""

@@ -34,6 +34,7 @@ class DAGMMObjective(Objective):
     backbones = ("mlp", "conv", "resnet")
     offers = frozenset({"cluster", "density", "sample", "embed", "decode"})
     needs_training_set_pass = True
+    selection_metric = "val/loss"
 
     def __init__(self, backbone: FeatureExtractor, n_components: int, covariance_type: str,
                  lambda_energy: float = 0.1, lambda_cov: float = 0.005,
@@ -73,6 +74,14 @@ class DAGMMObjective(Objective):
     def log_prob(self, x: Tensor, target: Tensor | None = None) -> Tensor:
         """-energy: the log-density of the features z under the training-set mixture."""
         return self.mixture().log_prob(self.features(x)[0])
+
+    def validation_loss(self, x: Tensor) -> Tensor:
+        """The training loss per sample with the training-set mixture in place of the batch's:
+        its mean does not depend on the batch size and is comparable between epochs."""
+        z, x_hat = self.features(x)
+        mixture = self.mixture()
+        reconstruction = (x - x_hat).flatten(1).pow(2).sum(1)
+        return reconstruction - self.lambda_energy * mixture.log_prob(z) + self.lambda_cov * inverse_covariance_penalty(mixture)
 
     @torch.no_grad()
     def fit_training_set(self, batches, reduce=None) -> None:

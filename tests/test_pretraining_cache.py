@@ -1,0 +1,33 @@
+"""VaDE's pre-training cache shared by parallel jobs: one pre-trains, the others wait for its
+file and load it, whole."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+PRETRAIN = ["model=deep_gmm", "objective=vade", "debug=fast", "data.n_samples=1500", "objective.pretrain_epochs=2",
+            "trainer.max_epochs=1"]
+
+
+@pytest.mark.slow
+def test_parallel_jobs_pretrain_once_and_load_the_same_autoencoder(tmp_path):
+    # as a local parallel launcher starts a sweep's jobs: all at once, one cache dir
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    jobs = {name: subprocess.Popen([sys.executable, "-m", "dgmm_lab.train", *PRETRAIN, f"k={k}",
+                                    f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / name}"],
+                                   cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for name, k in (("a", 2), ("b", 2), ("c", 3))}
+    logs = {name: job.communicate(timeout=300)[0] for name, job in jobs.items()}
+    assert all(job.returncode == 0 for job in jobs.values()), logs
+    trained = [name for name, log in logs.items() if "pre-training epoch 1" in log]
+    loaded = [name for name, log in logs.items() if "pre-trained autoencoder loaded from" in log]
+    assert len(trained) == 1 and sorted(trained + loaded) == ["a", "b", "c"], logs
+    assert [p.suffix for p in sorted((tmp_path / "cache" / "pretrain").iterdir())] == [".lock", ".pt"]
+    # a job that loaded starts from the autoencoder the other trained: same K, same results
+    a, b = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in "ab")
+    assert {k: v for k, v in a.items() if "seconds" not in k} == {k: v for k, v in b.items() if "seconds" not in k}
