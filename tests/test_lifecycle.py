@@ -236,7 +236,8 @@ def test_a_sweep_lists_its_interrupted_job_and_the_report_shows_it(tmp_path):
 
 
 @pytest.mark.parametrize("args, expected", [
-    ([], "dgmm_lab: error: expected one SWEEP_DIR, got 0 arguments; usage: python -m dgmm_lab.report SWEEP_DIR"),
+    ([], "dgmm_lab: error: expected at least one SWEEP_DIR, got none; usage: python -m dgmm_lab.report SWEEP_DIR"),
+    (["--rwa"], "dgmm_lab: error: unknown option '--rwa'; usage: python -m dgmm_lab.report SWEEP_DIR"),
     (["nonexistent"], "dgmm_lab: error: SWEEP_DIR='nonexistent' is not a directory; usage: "),
     (["."], "dgmm_lab: error: SWEEP_DIR='.' holds no job directories (with .hydra/overrides.yaml); "),
 ])
@@ -245,6 +246,13 @@ def test_report_usage_errors_are_one_line(args, expected, tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 2 and result.stderr.strip().startswith(expected), result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_evaluate_without_checkpoint_is_one_line(tmp_path):
+    ev = subprocess.run([sys.executable, "-m", "dgmm_lab.evaluate"], cwd=ROOT, capture_output=True, text=True)
+    assert ev.returncode == 2 and ev.stderr.strip() == (
+        "dgmm_lab: error: ckpt_path is required; usage: python -m dgmm_lab.evaluate "
+        "ckpt_path=CHECKPOINT [output_dir=DIR] [key=value ...]")
 
 
 @pytest.mark.parametrize("module", ["evaluate", "report"])

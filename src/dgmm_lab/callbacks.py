@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import matplotlib.pyplot as plt
 import pytorch_lightning as pl
@@ -143,3 +144,24 @@ class EpochLines(pl.Callback):
         shown = ", ".join(f"{k} {float(logged[k]):.6g}" for k in ("train/loss", "val/nll") if k in logged)
         last = f"/{trainer.max_epochs - 1}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
         log.info("epoch %d%s: %s", trainer.current_epoch, last, shown)
+
+
+class EpochClock(pl.Callback):
+    """Wall seconds of the training epochs this process ran (each with its validation), for
+    metrics.json's time/seconds_per_epoch: comparable across models, unlike an EM iteration's
+    or a step's own timer."""
+
+    def __init__(self):
+        self.epochs, self.seconds, self._start = 0, 0.0, None
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._start = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._start is not None and not trainer.sanity_checking:
+            self.epochs += 1
+            self.seconds += time.perf_counter() - self._start
+            self._start = None
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:  # an epoch without validation
+        self.on_validation_end(trainer, pl_module)

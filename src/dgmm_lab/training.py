@@ -12,6 +12,7 @@ import logging
 import math
 import re
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from .callbacks import EpochLines
+from .callbacks import EpochClock, EpochLines
 from .config import ConfigError, check_against_data, check_config, objective_name
 from .console import quiet_lightning, summary
 from .lifecycle import (Interrupted, RunLock, SignalGuard, archive_previous_results, global_rank_from_env,
@@ -173,7 +174,8 @@ def fit_and_test(cfg: DictConfig, output_dir: Path, ckpt_path: str | None, guard
     # bar written to a file or pipe is only fragments of redrawn lines: a line per epoch there
     quiet = {"enable_progress_bar": False, "enable_model_summary": False} if is_em else \
         {} if sys.stderr.isatty() else {"enable_progress_bar": False}
-    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()]
+    clock = EpochClock()
+    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()] + [clock]
     if quiet or not cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(EpochLines())
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, **quiet)
@@ -184,6 +186,7 @@ def fit_and_test(cfg: DictConfig, output_dir: Path, ckpt_path: str | None, guard
             OmegaConf.save(OmegaConf.create(list(HydraConfig.get().overrides.task)), output_dir / "overrides.yaml")
     model.run_config = OmegaConf.to_container(cfg, resolve=True)  # checkpoints are self-contained
 
+    started = time.perf_counter()
     with lightning_stops(guard):
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     stopped = em_stop_reason(model, trainer) if is_em else None  # before testing loads another checkpoint
@@ -206,6 +209,10 @@ def fit_and_test(cfg: DictConfig, output_dir: Path, ckpt_path: str | None, guard
             trainer.test(model, datamodule=datamodule, verbose=False, ckpt_path=best if use_best else None)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
     metrics.update(getattr(model, "exact_metrics", {}))
+    # this process's share of the run (a resumed run's earlier processes are not counted)
+    metrics["time/total_seconds"] = time.perf_counter() - started
+    if clock.epochs:
+        metrics["time/seconds_per_epoch"] = clock.seconds / clock.epochs
     if hasattr(model, "final_metrics"):
         metrics.update(model.final_metrics(datamodule))
     bad = [k for k, v in metrics.items() if not math.isfinite(v)]

@@ -1,0 +1,88 @@
+"""The command line of ``dgmm_lab.report`` (see USAGE)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+USAGE = """usage: python -m dgmm_lab.report SWEEP_DIR [SWEEP_DIR ...] [--raw] [report.KEY=VALUE ...]
+  SWEEP_DIR  a sweep's directory (outputs/train/multiruns/<time>); several merge into one report
+  --raw      one row per job instead of one per group of replicates
+  report.replicates=[seed,data.split_seed]  the keys whose jobs are replicates of one method
+  report.columns=[test/acc,test/nll]         the metric columns, in this order (all: every metric)
+  report.output=DIR  where to write (default: the sweep's directory; for several,
+                     outputs/reports/<time>)
+writes report.md, report.csv (a row per group), jobs.csv (a row per job), <metric>.png,
+curves.png and report.html, and prints the table"""
+
+SETTINGS = {"replicates": list, "columns": list, "output": str}
+
+
+def parse(argv: list[str]) -> tuple[list[Path], dict, bool]:
+    from omegaconf import OmegaConf
+
+    dirs, settings, raw = [], {}, False
+    for arg in argv:
+        if arg == "--raw":
+            raw = True
+        elif "=" in arg:
+            key, value = arg.split("=", 1)
+            name = key.removeprefix("report.")
+            if not key.startswith("report.") or name not in SETTINGS:
+                _fail(f"{key} is not a setting of the report; allowed: " + ", ".join(f"report.{s}" for s in SETTINGS))
+            parsed = OmegaConf.to_container(OmegaConf.from_dotlist([f"v={value}"]))["v"]
+            if SETTINGS[name] is list:
+                parsed = [parsed] if isinstance(parsed, str) else parsed
+                if not isinstance(parsed, list) or not all(isinstance(p, str) for p in parsed):
+                    _fail(f"{key}={value!r} is not allowed; allowed: a list of names, e.g. {key}=[seed,data.split_seed]")
+            settings[name] = parsed if SETTINGS[name] is list else str(parsed)
+        elif arg.startswith("-"):
+            _fail(f"unknown option {arg!r}; {USAGE.splitlines()[0]}")
+        else:
+            dirs.append(Path(arg))
+    if not dirs:
+        _fail(f"expected at least one SWEEP_DIR, got none; {USAGE.splitlines()[0]}")
+    for d in dirs:
+        if not d.is_dir():
+            _fail(f"SWEEP_DIR={str(d)!r} is not a directory; {USAGE.splitlines()[0]}")
+    return dirs, settings, raw
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(USAGE)
+        return
+    dirs, settings, raw = parse(argv)
+    from . import read_jobs, write_report
+    from .table import REPLICATES, shown_columns, group_jobs
+
+    for d in dirs:
+        if not read_jobs(d):
+            _fail(f"SWEEP_DIR={str(d)!r} holds no job directories (with .hydra/overrides.yaml); "
+                  "allowed: a sweep's directory, outputs/train/multiruns/<time>")
+    columns = settings.get("columns")
+    if columns and columns != ["all"]:
+        present = {m for g in group_jobs(read_jobs(*dirs)) for m in g.cells}
+        missing = [c for c in columns if c not in present]
+        if missing:
+            _fail(f"report.columns: {', '.join(missing)} not written by any finished job; allowed: all, "
+                  + ", ".join(shown_columns(group_jobs(read_jobs(*dirs)), ["all"])))
+    default_out = dirs[0] if len(dirs) == 1 else Path("outputs") / "reports" / time.strftime("%Y-%m-%d_%H-%M-%S")
+    out_dir = Path(settings.get("output", default_out))
+    report = write_report(dirs, out_dir, tuple(settings.get("replicates", REPLICATES)), columns, raw)
+    try:
+        print(report.read_text())
+        print(f"written: {report}, report.html, report.csv, jobs.csv and the PNGs beside it")
+    except BrokenPipeError:  # | head: the reader has what it wanted
+        sys.stderr.close()
+
+
+def _fail(message: str) -> None:
+    print(f"dgmm_lab: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
