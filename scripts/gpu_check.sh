@@ -8,7 +8,7 @@
 # network, so `bundle` copies the installed pure-Python hydra, omegaconf and antlr4 packages
 # from .venv and the MNIST files from $DGMM_LAB_DATA_DIR into .gpu/ (gitignored, 14 MB).
 # `run` writes its logs and tables to $OUT (the device tool's output folder) or gpu_check/.
-# Stages and sizes: STAGES="tests em deep", EM_CASES, DEEP_EPOCHS, DEEP_PRETRAIN, DEEP_SEEDS,
+# Stages and sizes: STAGES="tests em deep", EM_CASES, DEEP_EPOCHS, DEEP_PRETRAIN, DEEP_SEEDS (0,1,2),
 # DEEP_OVERRIDES (default trainer=gpu).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +19,8 @@ bundle() {
   rm -rf .gpu && mkdir -p .gpu/site .gpu/data/MNIST/raw
   site=$(.venv/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
   for package in hydra omegaconf antlr4; do cp -r "$site/$package" .gpu/site/; done
+  mkdir -p .gpu/site/hydra_plugins  # launcher=joblib only: the other plugins need packages it lacks
+  cp -r "$site/hydra_plugins/hydra_joblib_launcher" .gpu/site/hydra_plugins/
   find .gpu/site -name __pycache__ -prune -exec rm -rf {} +
   cp "$DGMM_LAB_DATA_DIR"/MNIST/raw/*.gz .gpu/data/MNIST/raw/
   du -sh .gpu
@@ -44,11 +46,13 @@ torch.cuda.is_available(), 'lightning', pytorch_lightning.__version__, 'hydra', 
       em)  # ours on the GPU against scikit-learn on the machine's cores
         "$python" scripts/bench_em.py --device cuda --iters 10 --repeats 1 --threads "$(nproc)" \
           --cases ${EM_CASES:-mnist-pca50-full mnist-784-diag synthetic-full} 2>&1 | tee "$out/bench_em.md" ;;
-      deep)  # VaDE over seeds, all at once on the one GPU
-        seeds=${DEEP_SEEDS:-0 1 2}
-        "$python" scripts/bench_deep.py --methods "vade (MLP 500-500-2000)" --seeds $seeds \
-          --jobs "$(wc -w <<<"$seeds")" --threads 2 --epochs "${DEEP_EPOCHS:-100}" \
-          --pretrain-epochs "${DEEP_PRETRAIN:-50}" --override ${DEEP_OVERRIDES:-trainer=gpu} 2>&1 | tee "$out/bench_deep.md" ;;
+      deep)  # VaDE over seeds as a sweep, all jobs at once on the one GPU, then its report
+        seeds=${DEEP_SEEDS:-0,1,2}
+        "$python" -m dgmm_lab.train experiment=vade_mnist "seed=$seeds" launcher=joblib \
+          "hydra.launcher.n_jobs=$(tr , ' ' <<<"$seeds" | wc -w)" num_threads=2 "trainer.max_epochs=${DEEP_EPOCHS:-100}" \
+          "objective.pretrain_epochs=${DEEP_PRETRAIN:-50}" ${DEEP_OVERRIDES:-trainer=gpu} \
+          "hydra.sweep.dir=$out/vade_sweep" -m >"$out/vade_sweep.log" 2>&1 \
+          && "$python" -m dgmm_lab.report "$out/vade_sweep" 2>&1 | tee "$out/vade_report.md" ;;
       *) echo "unknown stage $stage (tests, em, deep)"; exit 2 ;;
     esac
     code=$?

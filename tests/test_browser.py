@@ -3,6 +3,7 @@ headless Chromium takes a screenshot of the dashboard for people to look at.  Te
 markup is not asserted on: it is TensorBoard's to change."""
 
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -83,3 +84,32 @@ def test_chromium_renders_the_dashboard(tensorboard):
     subprocess.run([*common, f"--screenshot={shot}", f"{tensorboard}/#scalars"],
                    capture_output=True, timeout=120)
     assert shot.exists() and shot.stat().st_size > 20_000
+
+
+def test_chromium_loads_every_image_of_report_html(tmp_path):
+    """report.html is one self-contained file: opened alone in a real browser (no directory
+    beside it), every figure decodes."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    sweep = tmp_path / "sweep"
+    trained = subprocess.run([sys.executable, "-m", "dgmm_lab.train", "k=2,3", "seed=0,1", *FAST,
+                              f"hydra.sweep.dir={sweep}", "-m"], capture_output=True, text=True, timeout=600)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    report = subprocess.run([sys.executable, "-m", "dgmm_lab.report", str(sweep)], capture_output=True, text=True)
+    assert report.returncode == 0, report.stderr[-3000:]
+    alone = tmp_path / "elsewhere" / "report.html"
+    alone.parent.mkdir()
+    # the page tells the result in its title once loaded: images decoded / images
+    probe = ("<script>window.onload=()=>{const i=[...document.images];document.title="
+             "'loaded '+i.filter(x=>x.complete&&x.naturalWidth>100).length+' of '+i.length}</script>")
+    alone.write_text((sweep / "report.html").read_text().replace("</body>", probe + "</body>"))
+    dom = subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
+                          "--virtual-time-budget=10000", "--dump-dom", alone.as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    title = re.search(r"<title>loaded (\d+) of (\d+)</title>", dom.stdout)
+    assert title, dom.stdout[:2000] + dom.stderr[-2000:]
+    loaded, total = map(int, title.groups())
+    expected = len(list(sweep.glob("*.png")))
+    assert total == expected >= 5 and loaded == total
+    assert "<table>" in dom.stdout and "± " in dom.stdout

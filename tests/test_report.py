@@ -180,3 +180,18 @@ def test_groups_use_only_finished_replicates():
     (g,) = group_jobs(jobs)
     assert g.cells["test/acc"].mean == pytest.approx(0.6) and g.cells["test/acc"].n == 2
     assert g.status() == "2 done, 1 failed, 1 interrupted"
+
+
+@pytest.mark.slow
+def test_the_mnist_benchmark_is_a_sweep_and_a_report(mnist_dir, tmp_path):
+    """docs/benchmarks.md's deep clustering table: its two commands, shrunk to 2000 images."""
+    result = run_cli(["experiment=mnist10k_em", "seed=0,1", "launcher=joblib", "hydra.launcher.n_jobs=2",
+                      "data.limit_train=2000", "-m"], cwd=tmp_path, env={"DGMM_LAB_CACHE_DIR": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == [
+        "data.limit_train=2000,experiment=mnist10k_em,seed=0", "data.limit_train=2000,experiment=mnist10k_em,seed=1"]
+    report(sweep)
+    (row,) = parse_table(sweep / "report.md")
+    accuracy, spread = (float(v.strip("*")) for v in row["test/acc"].split(" ± "))
+    assert row["n"] == "2" and 0.3 < accuracy < 1 and 0 <= spread < 0.2

@@ -141,7 +141,7 @@ class EpochLines(pl.Callback):
                      m.get("val/nll", float("nan")))
             return
         logged = trainer.callback_metrics
-        shown = ", ".join(f"{k} {float(logged[k]):.6g}" for k in ("train/loss", "val/nll") if k in logged)
+        shown = ", ".join(f"{k} {float(logged[k]):.6g}" for k in ("train/loss", "val/loss", "val/nll") if k in logged)
         last = f"/{trainer.max_epochs - 1}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
         log.info("epoch %d%s: %s", trainer.current_epoch, last, shown)
 

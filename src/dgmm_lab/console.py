@@ -21,7 +21,7 @@ HARMLESS_WARNINGS = (
 )
 HARMLESS_LOG_LINES = ("💡 Tip:", "TPU available", "`weights_only` was not set")
 
-MAIN_METRICS = ("val/nll", "best/val/nll", "test/nll", "test/acc", "test/nmi", "test/ari", "test/auroc",
+MAIN_METRICS = ("val/loss", "best/val/loss", "val/nll", "best/val/nll", "test/nll", "test/acc", "test/nmi", "test/ari", "test/auroc",
                 "test/average_precision", "test/f1", "test/bits_per_dim", "train/bic")
 
 
