@@ -44,6 +44,8 @@ def test_bad_value_is_one_line(args, needles, tmp_path):
 
 
 @pytest.mark.parametrize("args, expected", [
+    (["model=deep_gmm", "objective=dagmm", "backbone.activation=sigmoid"],
+     "dgmm_lab: error: backbone.activation='sigmoid' is not allowed; allowed: relu, tanh"),
     (["model=deep_gmm", "objective=dagmm", "objective.lambda_enrgy=0.1,0.2", "-m"],
      "dgmm_lab: error: objective.lambda_enrgy is not a key of the config; did you mean objective.lambda_energy? "
      "allowed under objective: dropout, estimation_hidden, lambda_cov, lambda_energy"),

@@ -235,6 +235,26 @@ def test_a_sweep_lists_its_interrupted_job_and_the_report_shows_it(tmp_path):
     assert "interrupted (SIGTERM; last.ckpt of epoch" in row
 
 
+@pytest.mark.slow
+def test_sigterm_to_one_job_of_a_parallel_sweep_interrupts_that_job_only(tmp_path):
+    """launcher=joblib: the signalled job is interrupted and resumable, its worker and the
+    sweep's other jobs go on, and the sweep ends with its summary and exit status 1."""
+    sweep = tmp_path / "outputs" / "train" / "multiruns"
+    proc = start(["model=deep_gmm", "trainer.enable_progress_bar=false", "trainer.max_epochs=3000,20,21",
+                  "launcher=joblib", "hydra.launcher.n_jobs=2", "-m"], tmp_path)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(sweep.glob("*/*trainer.max_epochs=3000/run.lock")):
+        time.sleep(0.2)
+    (job,) = sweep.glob("*/*trainer.max_epochs=3000")
+    wait_for_epoch(job, proc)
+    os.kill(json.loads((job / "run.lock").read_text())["pid"], signal.SIGTERM)  # the job's worker, not the sweep
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err[-3000:]
+    assert "sweep: 2 of 3 jobs finished, 1 interrupted" in out
+    assert json.loads((job / "status.json").read_text())["state"] == "interrupted"
+    assert "Traceback" not in err
+
+
 @pytest.mark.parametrize("args, expected", [
     ([], "dgmm_lab: error: expected at least one SWEEP_DIR, got none; usage: python -m dgmm_lab.report SWEEP_DIR"),
     (["--rwa"], "dgmm_lab: error: unknown option '--rwa'; usage: python -m dgmm_lab.report SWEEP_DIR"),

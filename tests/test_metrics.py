@@ -52,3 +52,15 @@ def test_anomaly_metrics_match_sklearn_with_ties(seed):
     assert m["precision"] == pytest.approx(tp / flagged.sum(), abs=1e-12)
     assert m["recall"] == pytest.approx(tp / y.sum(), abs=1e-12)
     assert m["f1"] == pytest.approx(2 * tp / (flagged.sum() + y.sum()), abs=1e-12)
+
+
+def test_anomaly_metrics_at_a_given_threshold_are_sklearns_on_the_flags():
+    from sklearn.metrics import precision_recall_fscore_support
+
+    rng = np.random.default_rng(3)
+    y = rng.random(400) < 0.1
+    energy = rng.normal(size=400) + 2.0 * y
+    m = anomaly_metrics(y, energy, threshold=1.0)
+    precision, recall, f1, _ = precision_recall_fscore_support(y, energy > 1.0, average="binary")
+    assert (m["precision_at_threshold"], m["recall_at_threshold"], m["f1_at_threshold"]) == (precision, recall, f1)
+    assert "f1_at_threshold" not in anomaly_metrics(y, energy)

@@ -99,6 +99,17 @@ def test_columns_are_chosen_and_a_missing_one_is_one_line(seed_sweep, tmp_path, 
     code, err = report_in_process(seed_sweep, "report.columns=[test/f1]", capsys=capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert err.startswith("dgmm_lab: error: report.columns: test/f1 not written by any finished job; allowed: all, ")
+    (tmp_path / "a_file").write_text("")
+    for args, start in [(["report.columns=[test/acc"], "dgmm_lab: error: report.columns='[test/acc' is not allowed; "
+                                                        "allowed: a non-empty list of names"),
+                        (["report.columns=[]"], "dgmm_lab: error: report.columns='[]' is not allowed"),
+                        (["report.replicates=[sed]"], "dgmm_lab: error: report.replicates: sed is no job's setting; "
+                                                      "allowed: keys the jobs were given, data.n_samples, "),
+                        (["report.output="], "dgmm_lab: error: report.output='' is not allowed"),
+                        ([f"report.output={tmp_path / 'a_file'}"], "dgmm_lab: error: report.output="),
+                        (["x=y"], "dgmm_lab: error: x is not a setting of the report")]:
+        code, err = report_in_process(seed_sweep, *args, capsys=capsys)
+        assert code == 2 and err.startswith(start) and len(err.strip().splitlines()) == 1, (args, err)
     code, err = report_in_process(seed_sweep, "report.replicate=[k]", capsys=capsys)
     assert code == 2 and err.strip() == (
         "dgmm_lab: error: report.replicate is not a setting of the report; allowed: report.replicates, "
@@ -112,7 +123,7 @@ def test_two_sweeps_merge_into_one_report(seed_sweep, tmp_path):
     report(seed_sweep, other, cwd=tmp_path)
     (merged,) = (tmp_path / "outputs" / "reports").iterdir()
     rows = table_rows(merged / "report.md")
-    assert len(rows) == 3 and rows[-1].startswith("| 4 | 2 | done |"), rows
+    assert len(rows) == 3 and rows[-1].startswith("| 4 | other | 2 | done |"), rows
     with open(merged / "jobs.csv") as f:
         assert {r["job"].split("/")[0] for r in csv.DictReader(f)} == {seed_sweep.name, "other"}
 
@@ -128,8 +139,11 @@ def test_an_anomaly_sweep_reports_f1_auroc_and_average_precision(tmp_path):
     (sweep,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
     report(sweep)
     header = next(l for l in (sweep / "report.md").read_text().splitlines() if " status " in l)
-    for column in ("test/auroc", "test/average_precision", "test/f1", "test/precision", "test/recall"):
+    for column in ("test/auroc", "test/average_precision", "test/f1", "test/f1_at_threshold",
+                   "test/precision_at_threshold", "test/recall_at_threshold"):
         assert f"| {column} |" in header
+    # at the true rate precision = recall = F1: one column says it
+    assert "| test/precision |" not in header and "| test/recall |" not in header
     assert len(table_rows(sweep / "report.md")) == 2
 
 

@@ -66,8 +66,14 @@ class SweepSummary:
     """Hydra callback (conf/hydra/default.yaml): after a local or Slurm sweep, how many jobs
     finished and the commands to look at the whole sweep."""
 
+    started: Path | None = None  # this process's sweep dir, for a Ctrl-C after the launcher gave up
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        SweepSummary.started = Path(config.hydra.sweep.dir).resolve()
+
     def on_multirun_end(self, config, **kwargs) -> None:
-        """Exits 1 when a job failed: a wrapper must not count the sweep a success."""
+        """Exits 1 when a job failed or was interrupted (a job of a parallel sweep signalled
+        alone): a wrapper must not count the sweep a success."""
         from .report import read_jobs, unfinished_counts
 
         sweep_dir = Path(config.hydra.sweep.dir).resolve()
@@ -79,7 +85,7 @@ class SweepSummary:
         print(f"\nsweep: {sum(j['status'] == 'done' for j in jobs)} of {len(jobs)} jobs finished{rest}: {sweep_dir}\n"
               f"report:      python -m dgmm_lab.report {sweep_dir}\n"
               f"tensorboard: tensorboard --logdir {sweep_dir} --host 127.0.0.1")
-        if unfinished.get("failed"):
+        if unfinished.get("failed") or unfinished.get("interrupted"):
             sys.stdout.flush()
             sys.exit(1)
 

@@ -25,18 +25,26 @@ def clustering_metrics(labels, clusters) -> dict[str, float]:
             "ari": float(adjusted_rand_score(labels, clusters))}
 
 
-def anomaly_metrics(is_anomaly, energy, contamination: float | None = None) -> dict[str, float]:
+def anomaly_metrics(is_anomaly, energy, contamination: float | None = None,
+                    threshold: float | None = None) -> dict[str, float]:
     """Energy (-log p) as the anomaly score: AUROC, average precision, and DAGMM's protocol:
-    flag the top ``contamination`` fraction of energies (default: the true anomaly rate) as
-    anomalies and report precision, recall and F1."""
+    flag the top ``contamination`` fraction of energies (default: the true anomaly rate, which
+    looks at the test labels) as anomalies and report precision, recall and F1.  With a
+    ``threshold`` fixed beforehand without labels (the model's, from validation normals: what
+    ``predict`` flags by) also ``*_at_threshold``: the numbers a user of the model gets."""
     from sklearn.metrics import average_precision_score, precision_recall_fscore_support, roc_auc_score
 
     is_anomaly, energy = np.asarray(is_anomaly).astype(bool), np.asarray(energy, dtype=np.float64)
     rate = is_anomaly.mean() if contamination is None else contamination
-    threshold = np.quantile(energy, 1 - rate)
-    flagged = energy > threshold
+    flagged = energy > np.quantile(energy, 1 - rate)
     precision, recall, f1, _ = precision_recall_fscore_support(is_anomaly, flagged, average="binary",
                                                                zero_division=0)
-    return {"auroc": float(roc_auc_score(is_anomaly, energy)),
-            "average_precision": float(average_precision_score(is_anomaly, energy)),
-            "precision": float(precision), "recall": float(recall), "f1": float(f1)}
+    scores = {"auroc": float(roc_auc_score(is_anomaly, energy)),
+              "average_precision": float(average_precision_score(is_anomaly, energy)),
+              "precision": float(precision), "recall": float(recall), "f1": float(f1)}
+    if threshold is not None:
+        precision, recall, f1, _ = precision_recall_fscore_support(is_anomaly, energy > threshold, average="binary",
+                                                                   zero_division=0)
+        scores.update(precision_at_threshold=float(precision), recall_at_threshold=float(recall),
+                      f1_at_threshold=float(f1))
+    return scores

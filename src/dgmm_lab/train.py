@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from .composition import check_composes
 from .config import CONF_DIR, ConfigError, check_config, check_overrides, report_and_exit
 from .console import quiet_lightning
-from .lifecycle import global_rank_from_env
+from .lifecycle import Interrupted, global_rank_from_env
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,13 @@ def main(cfg: DictConfig) -> float | None:
 
     try:
         return run(cfg)
+    except Interrupted as stop:
+        if HydraConfig.get().runtime.choices.get("hydra/launcher") != "joblib":
+            raise
+        # a job of a parallel local sweep, signalled alone: it is recorded as interrupted (its
+        # status.json); the worker process and the sweep's other jobs go on
+        print(f"dgmm_lab: job interrupted (exit {stop.code}): {cfg.paths.output_dir}", file=sys.stderr)
+        return float("nan")
     except ConfigError as err:
         if HydraConfig.get().mode != RunMode.MULTIRUN:
             remove_if_untouched(Path(cfg.paths.output_dir))
@@ -78,7 +85,33 @@ def cli() -> None:
         check_composes(sys.argv[1:])
     except ConfigError as err:
         report_and_exit(err)
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C while a parallel launcher waits for its jobs
+        sweep_dir = stop_parallel_sweep()
+        print(f"dgmm_lab: sweep interrupted (Ctrl-C); the same command with hydra.sweep.dir={sweep_dir} "
+              "resumes it (finished jobs are skipped)", file=sys.stderr)
+        sys.exit(130)
+
+
+def stop_parallel_sweep() -> str:
+    """The launcher ended its workers, some before they could record it: a job left
+    'running' by a process that is gone was interrupted with the sweep (SIGINT)."""
+    import signal
+
+    from .lifecycle import lock_owner_alive, read_status
+    from .resume import record_interruption
+
+    from .console import SweepSummary
+
+    sweep_dir = SweepSummary.started
+    if sweep_dir is None:
+        return "<its directory>"
+    for status in sweep_dir.glob("*/status.json"):
+        job_dir = status.parent
+        if read_status(job_dir).get("state") == "running" and not lock_owner_alive(job_dir):
+            record_interruption(job_dir, signal.SIGINT)
+    return str(sweep_dir)
 
 
 if __name__ == "__main__":

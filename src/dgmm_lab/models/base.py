@@ -174,7 +174,8 @@ class MixtureModule(pl.LightningModule):
             self.anomaly = anomaly_threshold(-log_p, datamodule)
             metrics["val/anomaly_threshold"] = self.anomaly["threshold"]
         if getattr(datamodule, "anomaly_protocol", False) and stage == "test":
-            scores = anomaly_metrics(y.cpu().numpy(), (-log_p).cpu().numpy(), datamodule.contamination)
+            threshold = self.anomaly["threshold"] if self.anomaly else None
+            scores = anomaly_metrics(y.cpu().numpy(), (-log_p).cpu().numpy(), datamodule.contamination, threshold)
             metrics.update({f"{stage}/{name}": value for name, value in scores.items()})
         elif has_class_labels(y):
             for name, value in clustering_metrics(y.cpu().numpy(), cluster.cpu().numpy()).items():

@@ -71,12 +71,15 @@ class PCA(FeatureExtractor):
         return self.unflatten((z * self.scale) @ self.components + self.mean)
 
 
-def _mlp(sizes: list[int], final_activation: bool = False) -> nn.Sequential:
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+def _mlp(sizes: list[int], final_activation: bool = False, activation: str = "relu") -> nn.Sequential:
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
         layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2 or final_activation:
-            layers.append(nn.ReLU())
+            layers.append(ACTIVATIONS[activation]())
     return nn.Sequential(*layers)
 
 
@@ -103,15 +106,19 @@ class Encoder(FeatureExtractor):
 
 
 class MLP(Encoder):
-    """Fully connected encoder/decoder (VaDE/DEC use hidden=(500, 500, 2000) on MNIST)."""
+    """Fully connected encoder/decoder (VaDE/DEC use hidden=(500, 500, 2000) on MNIST;
+    DAGMM's compression network uses activation="tanh")."""
 
-    def __init__(self, input_shape, latent_dim: int = 10, hidden: tuple[int, ...] = (256, 256)):
+    def __init__(self, input_shape, latent_dim: int = 10, hidden: tuple[int, ...] = (256, 256),
+                 activation: str = "relu"):
         super().__init__(input_shape)
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"backbone.activation={activation!r} is not allowed; allowed: {', '.join(ACTIVATIONS)}")
         self.out_dim = latent_dim
         hidden = list(hidden)
-        self.body = _mlp([self.input_dim, *hidden], final_activation=True)
+        self.body = _mlp([self.input_dim, *hidden], final_activation=True, activation=activation)
         self.head = nn.Linear(hidden[-1], latent_dim)
-        self.decoder = _mlp([latent_dim, *reversed(hidden), self.input_dim])
+        self.decoder = _mlp([latent_dim, *reversed(hidden), self.input_dim], activation=activation)
 
     def prepare(self, x: Tensor) -> Tensor:
         return x.flatten(1)

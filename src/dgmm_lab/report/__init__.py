@@ -12,7 +12,7 @@ import csv
 from pathlib import Path
 
 from .html import write_html
-from .jobs import read_jobs, unfinished_counts
+from .jobs import planned_jobs, read_jobs, unfinished_counts
 from .plots import curve_figure, metric_figures
 from .table import REPLICATES, group_jobs, group_rows, job_rows, mark_best, markdown_table, shown_columns, table_rows
 
@@ -27,13 +27,18 @@ def write_report(sweep_dirs: list[Path], out_dir: Path, replicates: tuple[str, .
     mark_best(groups, metrics)
     header, rows = table_rows(groups, metrics)
     finished = sum(j["status"] == "done" for j in jobs)
+    never = sum(max(0, (planned_jobs(d) or 0) - len(read_jobs(d))) for d in sweep_dirs)
+    plural = "s" if len(groups) != 1 else ""
     notes = [
-        f"{finished} of {len(jobs)} jobs finished" + "".join(f", {n} {s}" for s, n in unfinished_counts(jobs).items())
-        + (f"; one row per job." if raw else f", in {len(groups)} groups over the replicate keys {', '.join(replicates)}."),
-        "Cells: mean ± sample std over a group's finished jobs (n: how many; (n=..) where a job did not "
-        "write that metric). Bold: the best per metric and all within one std of it (the larger of the "
-        "two), higher acc/nmi/ari/auroc/ap/f1, lower nll/bic/loss/time; likelihoods and losses "
-        "compared only within one data set, objective and backbone.",
+        f"{finished} of {len(jobs) + never} jobs finished" + "".join(f", {n} {s}" for s, n in unfinished_counts(jobs).items())
+        + (f", {never} never started (their sweep was stopped: its multirun.yaml lists them)" if never else "")
+        + ("; one row per job." if raw else f", in {len(groups)} group{plural} over the replicate keys "
+           f"{', '.join(replicates) or '(none)'}."),
+        ("Cells: each job's value. " if raw else "Cells: mean ± sample std over a group's finished jobs (n: how many; "
+         "(n=..) where a job did not write that metric). ")
+        + "Bold: the best per metric and all within one std of it (the larger of the two), higher "
+        "acc/nmi/ari/auroc/ap/f1, lower nll/bic/loss; likelihoods and losses compared only within one data "
+        "set, objective and backbone, and not for degenerate fits; times (shared machines) not ranked.",
     ]
     unfinished = [f"{j['job']}: {j['status']}" for j in jobs if j["status"] != "done"]
     title = "Sweep report: " + ", ".join(d.name for d in sweep_dirs)

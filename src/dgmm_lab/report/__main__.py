@@ -20,33 +20,46 @@ SETTINGS = {"replicates": list, "columns": list, "output": str}
 
 
 def parse(argv: list[str]) -> tuple[list[Path], dict, bool]:
-    from omegaconf import OmegaConf
-
     dirs, settings, raw = [], {}, False
     for arg in argv:
         if arg == "--raw":
             raw = True
-        elif "=" in arg:
+        elif arg.startswith("report.") and "=" in arg:
             key, value = arg.split("=", 1)
             name = key.removeprefix("report.")
-            if not key.startswith("report.") or name not in SETTINGS:
+            if name not in SETTINGS:
                 _fail(f"{key} is not a setting of the report; allowed: " + ", ".join(f"report.{s}" for s in SETTINGS))
-            parsed = OmegaConf.to_container(OmegaConf.from_dotlist([f"v={value}"]))["v"]
-            if SETTINGS[name] is list:
-                parsed = [parsed] if isinstance(parsed, str) else parsed
-                if not isinstance(parsed, list) or not all(isinstance(p, str) for p in parsed):
-                    _fail(f"{key}={value!r} is not allowed; allowed: a list of names, e.g. {key}=[seed,data.split_seed]")
-            settings[name] = parsed if SETTINGS[name] is list else str(parsed)
+            settings[name] = _value(key, value, SETTINGS[name])
         elif arg.startswith("-"):
             _fail(f"unknown option {arg!r}; {USAGE.splitlines()[0]}")
-        else:
+        elif Path(arg).is_dir():  # a job dir's name has '=' in it: a directory first
             dirs.append(Path(arg))
+        elif "=" in arg and not Path(arg).exists():
+            _fail(f"{arg.split('=', 1)[0]} is not a setting of the report; allowed: "
+                  + ", ".join(f"report.{s}" for s in SETTINGS) + " (or SWEEP_DIR is not a directory)")
+        else:
+            _fail(f"SWEEP_DIR={arg!r} is not a directory; {USAGE.splitlines()[0]}")
     if not dirs:
         _fail(f"expected at least one SWEEP_DIR, got none; {USAGE.splitlines()[0]}")
-    for d in dirs:
-        if not d.is_dir():
-            _fail(f"SWEEP_DIR={str(d)!r} is not a directory; {USAGE.splitlines()[0]}")
     return dirs, settings, raw
+
+
+def _value(key: str, value: str, kind: type):
+    from omegaconf import OmegaConf
+
+    if kind is str:
+        if not value.strip():
+            _fail(f"{key}='' is not allowed; allowed: a directory path")
+        return value
+    example = {"report.replicates": "[seed,data.split_seed]", "report.columns": "[test/acc,test/nll]"}[key]
+    try:
+        parsed = OmegaConf.to_container(OmegaConf.from_dotlist([f"v={value}"]))["v"]
+    except Exception:  # noqa: BLE001  (OmegaConf's parser errors name grammar rules, not the key)
+        parsed = None
+    parsed = [parsed] if isinstance(parsed, str) and not value.startswith("[") else parsed
+    if not isinstance(parsed, list) or not parsed or not all(isinstance(p, str) for p in parsed):
+        _fail(f"{key}={value!r} is not allowed; allowed: a non-empty list of names, e.g. {key}={example}")
+    return parsed
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -62,15 +75,23 @@ def main(argv: list[str] | None = None) -> None:
         if not read_jobs(d):
             _fail(f"SWEEP_DIR={str(d)!r} holds no job directories (with .hydra/overrides.yaml); "
                   "allowed: a sweep's directory, outputs/train/multiruns/<time>")
+    jobs = read_jobs(*dirs)
     columns = settings.get("columns")
     if columns and columns != ["all"]:
-        present = {m for g in group_jobs(read_jobs(*dirs)) for m in g.cells}
+        present = {m for g in group_jobs(jobs) for m in g.cells}
         missing = [c for c in columns if c not in present]
         if missing:
             _fail(f"report.columns: {', '.join(missing)} not written by any finished job; allowed: all, "
-                  + ", ".join(shown_columns(group_jobs(read_jobs(*dirs)), ["all"])))
+                  + ", ".join(shown_columns(group_jobs(jobs), ["all"])))
+    unknown = [r for r in settings.get("replicates", []) if not any(r in j["params"] or r in j["settings"] for j in jobs)]
+    if unknown:
+        keys = sorted({k for j in jobs for k in j["params"]})
+        _fail(f"report.replicates: {', '.join(unknown)} is no job's setting; allowed: keys the jobs were given, "
+              + ", ".join(keys))
     default_out = dirs[0] if len(dirs) == 1 else Path("outputs") / "reports" / time.strftime("%Y-%m-%d_%H-%M-%S")
     out_dir = Path(settings.get("output", default_out))
+    if out_dir.exists() and not out_dir.is_dir():
+        _fail(f"report.output={str(out_dir)!r} is a file; allowed: a directory (new or existing)")
     report = write_report(dirs, out_dir, tuple(settings.get("replicates", REPLICATES)), columns, raw)
     try:
         print(report.read_text())

@@ -3,8 +3,9 @@
 A job directory is one with ``.hydra/overrides.yaml``.  Each job is a dict with ``job`` (its
 path relative to its sweep, prefixed by the sweep's name when several are read), ``dir``,
 ``params`` (its overrides, ``{"k": "5", ...}``), ``choices`` (the config groups it composed:
-model, objective, backbone, data, experiment), ``settings`` (k, covariance and optimized_metric
-of its resolved config), ``metrics`` (metrics.json), ``status``.
+model, objective, backbone, data, experiment), ``settings`` (its resolved config.yaml,
+flattened: ``{"k": 5, "data.batch_size": 256, ...}``), ``sweep`` (the directory's name),
+``metrics`` (metrics.json), ``status``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ CHOICE_GROUPS = ("experiment", "model", "objective", "backbone", "data")
 
 def read_jobs(*sweep_dirs: Path) -> list[dict]:
     jobs = []
-    for sweep_dir in sweep_dirs:
+    for sweep_dir in dict.fromkeys(d.resolve() for d in sweep_dirs):  # a dir given twice counts once
         prefix = f"{sweep_dir.name}/" if len(sweep_dirs) > 1 else ""
         for overrides_file in sorted(sweep_dir.rglob(".hydra/overrides.yaml")):
             job_dir = overrides_file.parent.parent
@@ -29,7 +30,7 @@ def read_jobs(*sweep_dirs: Path) -> list[dict]:
             metrics_file = job_dir / "metrics.json"
             metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
             relative = str(job_dir.relative_to(sweep_dir))
-            jobs.append({"job": prefix + (relative if relative != "." else sweep_dir.name), "dir": job_dir,
+            jobs.append({"sweep": sweep_dir.name, "job": prefix + (relative if relative != "." else sweep_dir.name), "dir": job_dir,
                          "params": job_params(job_dir, overrides_file), "choices": job_choices(job_dir),
                          "settings": job_settings(job_dir),
                          "status": job_status(job_dir, metrics), "metrics": metrics})
@@ -58,7 +59,28 @@ def job_choices(job_dir: Path) -> dict[str, str]:
 def job_settings(job_dir: Path) -> dict:
     config_file = job_dir / "config.yaml"
     config = (yaml.safe_load(config_file.read_text()) or {}) if config_file.exists() else {}
-    return {key: config[key] for key in ("k", "covariance", "optimized_metric") if key in config}
+    return flatten(config)
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def effective_value(job: dict, key: str) -> str:
+    """What the job ran with for ``key``: its override, else its config group's choice, else
+    its resolved config's value (a key another sweep varied and this one left alone)."""
+    if key in job["params"]:
+        return job["params"][key]
+    if key in job["choices"]:
+        return job["choices"][key]
+    value = job.get("settings", {}).get(key)
+    return "" if value is None else str(value).replace(" ", "")
 
 
 def natural(value: str):
@@ -78,7 +100,7 @@ def job_status(job_dir: Path, metrics: dict) -> str:
         return "done"
     if error_file.exists() or state.get("state") == "failed":
         text = error_file.read_text().strip() if error_file.exists() else state.get("error", "")
-        return "failed: " + (text.splitlines() or ["?"])[-1][:80].replace("|", "/")
+        return "failed: " + (text.splitlines() or ["?"])[-1][:200].replace("|", "/")
     if state.get("state") == "interrupted":
         epoch = state.get("last_checkpoint_epoch")
         return f"interrupted ({state.get('signal')}; " + ("no checkpoint)" if epoch is None else f"last.ckpt of epoch {epoch})")
@@ -100,3 +122,27 @@ def unfinished_counts(jobs: list[dict]) -> dict[str, int]:
         if j["status"] != "done":
             counts[status_word(j["status"])] = counts.get(status_word(j["status"]), 0) + 1
     return counts
+
+
+def planned_jobs(sweep_dir: Path) -> int | None:
+    """How many jobs the sweep's last launch asked for (its multirun.yaml), or None where that
+    cannot be told: jobs never started have no directory to count."""
+    multirun = sweep_dir / "multirun.yaml"
+    if not multirun.exists():
+        return None
+    hydra = (yaml.safe_load(multirun.read_text()) or {}).get("hydra", {})
+    sweeper = hydra.get("sweeper", {})
+    if "n_trials" in sweeper:
+        return int(sweeper["n_trials"])
+    if not str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
+        return None
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    overrides = list(hydra.get("overrides", {}).get("task", []))
+    overrides += [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+    try:
+        batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(overrides), None)
+    except Exception:  # noqa: BLE001  (a multirun.yaml this Hydra cannot read: say nothing)
+        return None
+    return sum(len(b) for b in batches)

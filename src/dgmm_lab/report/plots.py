@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 
 from .. import viz  # noqa: F401  (selects the headless backend)
-from .table import Group, direction
+from .table import SCALE_DEPENDENT, Group, direction
 
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -27,7 +27,7 @@ def line_label(g: Group, panel_groups: list[Group], without: tuple[str, ...] = (
     """The group's settings that differ within its panel (k aside where it is the x axis)."""
     keys = sorted({k for p in panel_groups for k in p.params if k not in without})
     varying = [k for k in keys if len({p.params.get(k) for p in panel_groups}) > 1]
-    return ", ".join(f"{k}={g.params.get(k, '-')}" for k in varying) or g.settings.get("covariance", "default")
+    return ", ".join(f"{k}={g.params.get(k, '-')}" for k in varying) or str(g.settings.get("covariance", "default"))
 
 
 def by_panel(groups: list[Group]) -> dict[str, list[Group]]:
@@ -40,7 +40,7 @@ def by_panel(groups: list[Group]) -> dict[str, list[Group]]:
 def metric_figures(groups: list[Group], metrics: list[str], out_dir: Path) -> list[Path]:
     """One PNG per metric; against k when the groups span several k, else bars."""
     done = [g for g in groups if g.cells]
-    ks = {g.settings.get("k") for g in done}
+    ks = {g.k for g in done}
     written = []
     for m in metrics:
         if not direction(m):
@@ -49,9 +49,11 @@ def metric_figures(groups: list[Group], metrics: list[str], out_dir: Path) -> li
         panels = {t: gs for t, gs in panels.items() if gs}
         if not panels:
             continue
-        fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 3.6), squeeze=False)
+        # scale-free metrics (accuracy, AUROC, ...) share one axis: bars compare across panels
+        share = m.split("/")[-1] not in SCALE_DEPENDENT and len(ks) == 1
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 3.6), squeeze=False, sharey=share)
         for ax, (title, members) in zip(axes[0], panels.items()):
-            (_against_k if len(ks) > 1 else _bars)(ax, m, members)
+            (_against_k if len(ks) > 1 and None not in ks else _bars)(ax, m, members)
             ax.set_title(title, fontsize=10)
             ax.set_ylabel(m)
         fig.tight_layout()
@@ -68,7 +70,7 @@ def _against_k(ax, metric: str, members: list[Group]) -> None:
         lines.setdefault(line_label(g, members), []).append(g)
     ks = set()
     for label, gs in sorted(lines.items()):
-        pts = sorted((int(g.settings["k"]), g.cells[metric]) for g in gs if "k" in g.settings)
+        pts = sorted((g.k, g.cells[metric]) for g in gs if g.k is not None)
         ks.update(k for k, _ in pts)
         ax.errorbar([k for k, _ in pts], [c.mean for _, c in pts], yerr=[c.std for _, c in pts],
                     marker="o", capsize=3, label=label)
@@ -83,35 +85,43 @@ def _bars(ax, metric: str, members: list[Group]) -> None:
     ax.bar(range(len(cells)), [c.mean for c in cells], yerr=[c.std for c in cells], capsize=4, color="#4c72b0")
     ax.set_xticks(range(len(cells)), labels, rotation=20 if len(cells) > 3 else 0, ha="right" if len(cells) > 3 else "center",
                   fontsize=8)
-    k = members[0].settings.get("k")
-    ax.set_xlabel(f"k={k}" if k is not None else "")
+    ks = {g.k for g in members}
+    ax.set_xlabel(f"k={ks.pop()}" if len(ks) == 1 and None not in ks else "")
 
 
 def curve_figure(groups: list[Group], out_dir: Path) -> Path | None:
     """Validation curves from each job's TensorBoard events, mean ± std over the replicates
-    at each epoch: the selection metric, clustering accuracy where logged, the training loss."""
+    at each epoch: the selection metric, clustering accuracy where logged, the training loss.
+    A group keeps its colour in every panel; one legend below them."""
     curves = {id(g): {tag: _mean_curve(g, tag) for tag in _curve_tags(g)} for g in groups if g.finished}
     tags = [t for t in dict.fromkeys(t for per in curves.values() for t, c in per.items() if c)]
     if not tags:
         return None
     fig, axes = plt.subplots(1, len(tags), figsize=(4.8 * len(tags), 3.6), squeeze=False)
     panels = by_panel(groups)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    handles = {}
     for ax, tag in zip(axes[0], tags):
-        for g in groups:
+        for i, g in enumerate(groups):
             curve = curves.get(id(g), {}).get(tag)
             if not curve:
                 continue
             epochs, mean, std = zip(*curve)
             label = line_label(g, panels[panel_title(g)], without=())
             label = f"{panel_title(g)}: {label}" if len(panels) > 1 else label
-            (line,) = ax.plot(epochs, mean, label=label)
+            colour = colours[i % len(colours)]
+            (handles[label],) = ax.plot(epochs, mean, "o-" if len(epochs) == 1 else "-", color=colour, label=label)
             ax.fill_between(epochs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
-                            color=line.get_color(), alpha=0.2, linewidth=0)
+                            color=colour, alpha=0.2, linewidth=0)
+        ax.set_title(tag, fontsize=10)
         ax.set_xlabel("epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_ylabel(tag)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+    rows = math.ceil(len(handles) / 3)
+    legend_height = 0.25 * rows + 0.2  # inches, below the panels
+    fig.set_figheight(3.6 + legend_height)
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(3, len(handles)), fontsize=8)
+    fig.tight_layout(rect=(0, legend_height / (3.6 + legend_height), 1, 1))
     path = out_dir / "curves.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -134,7 +144,7 @@ def _mean_curve(g: Group, tag: str) -> list[tuple[int, float, float]]:
         mean = sum(vs) / len(vs)
         std = math.sqrt(sum((v - mean) ** 2 for v in vs) / (len(vs) - 1)) if len(vs) > 1 else 0.0
         out.append((epoch, mean, std))
-    return out if len(out) > 1 else []
+    return out
 
 
 @functools.lru_cache(maxsize=None)

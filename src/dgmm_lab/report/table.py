@@ -11,7 +11,7 @@ import math
 import statistics
 from dataclasses import dataclass, field
 
-from .jobs import natural, status_word
+from .jobs import effective_value, natural, status_word
 
 REPLICATES = ("seed", "data.split_seed")
 # settings that change how a job runs, not what it computes
@@ -21,7 +21,10 @@ NOT_A_METHOD = ("launcher", "num_threads", "trainer.enable_progress_bar", "train
 # chooses others); test/* metrics not listed here follow the listed ones
 DEFAULT_COLUMNS = (
     "test/acc", "test/nmi", "test/ari",                                        # clustering
-    "test/auroc", "test/average_precision", "test/f1", "test/precision", "test/recall",  # anomaly
+    # anomaly: F1 at the true rate (precision = recall = F1 there, so only F1 is shown) and
+    # at the model's own label-free threshold (what predict flags)
+    "test/auroc", "test/average_precision", "test/f1",
+    "test/f1_at_threshold", "test/precision_at_threshold", "test/recall_at_threshold",
     "test/nll", "test/bits_per_dim", "test/nll_per_dim",                       # density, MDN
     "best/val/loss", "best/val/nll", "best/val/bits_per_dim",                  # what checkpoints chose by
     "train/bic", "train/aic",                                                  # model selection
@@ -29,7 +32,8 @@ DEFAULT_COLUMNS = (
     "train/degenerate_components", "train/empty_components",                   # degenerate fits
     "data/constant_columns", "data/extreme_columns",
 )
-HIGHER_IS_BETTER = {"acc", "nmi", "ari", "auroc", "average_precision", "f1", "precision", "recall"}
+HIGHER_IS_BETTER = {"acc", "nmi", "ari", "auroc", "average_precision", "f1", "precision", "recall",
+                    "f1_at_threshold", "precision_at_threshold", "recall_at_threshold"}
 LOWER_IS_BETTER = {"nll", "bits_per_dim", "nll_per_dim", "loss", "bic", "aic", "seconds_per_epoch", "total_seconds"}
 # numbers on the scale of one objective and one feature space: compared only within it
 SCALE_DEPENDENT = {"nll", "bits_per_dim", "nll_per_dim", "loss", "bic", "aic"}
@@ -52,6 +56,12 @@ class Group:
     best: set[str] = field(default_factory=set)
 
     @property
+    def k(self) -> int | None:
+        """The jobs' common number of components (None where they differ: k a replicate key)."""
+        ks = {j.get("settings", {}).get("k") for j in self.jobs}
+        return int(ks.pop()) if len(ks) == 1 and None not in ks else None
+
+    @property
     def finished(self) -> list[dict]:
         return [j for j in self.jobs if j["status"] == "done"]
 
@@ -65,10 +75,15 @@ class Group:
 
 
 def group_jobs(jobs: list[dict], replicates: tuple[str, ...] = REPLICATES, raw: bool = False) -> list[Group]:
-    """One group per method (per job with ``raw``), in the jobs' order, with its statistics."""
+    """One group per method (per job with ``raw``), in the jobs' order, with its statistics.
+    A method is the jobs' values of every key any job overrode (its config's value where it
+    did not), and the sweep it came from when several are merged."""
+    keys = sorted({k for j in jobs for k in j["params"] if k not in NOT_A_METHOD and (raw or k not in replicates)})
+    several_sweeps = len({j.get("sweep") for j in jobs}) > 1
     groups: dict[tuple, Group] = {}
     for j in jobs:
-        params = {k: v for k, v in j["params"].items() if k not in NOT_A_METHOD and (raw or k not in replicates)}
+        params = {"sweep": j["sweep"]} if several_sweeps else {}
+        params.update({k: effective_value(j, k) for k in keys})
         key = (j["job"],) if raw else tuple(sorted(params.items())) + tuple(sorted(j["choices"].items()))
         groups.setdefault(key, Group(params, j["choices"], j.get("settings", {}))).jobs.append(j)
     for g in groups.values():
@@ -90,7 +105,8 @@ def shown_columns(groups: list[Group], columns: list[str] | None = None) -> list
         return sorted(present, key=column_rank)
     if columns:
         return [m for m in columns if m in present]
-    extra_tests = sorted(m for m in present if m.startswith("test/") and m not in DEFAULT_COLUMNS)
+    hidden = {"test/precision", "test/recall"}  # equal to test/f1: the threshold is at the true rate
+    extra_tests = sorted(m for m in present if m.startswith("test/") and m not in DEFAULT_COLUMNS and m not in hidden)
     chosen = [m for m in DEFAULT_COLUMNS if m in present] + extra_tests
     # a count column only where some job has something to count
     return [m for m in chosen if not _is_count(m) or any(g.cells[m].mean for g in groups if m in g.cells)]
@@ -120,16 +136,24 @@ def scale_of(group: Group, metric: str) -> tuple:
     return (data, objective, group.choices.get("backbone", ""))
 
 
+def degenerate(g: Group) -> bool:
+    """A fit whose likelihood the run itself called meaningless (components with fewer points
+    than their covariance needs): not ranked on likelihoods."""
+    return any(j["metrics"].get("train/degenerate_components", 0) for j in g.finished)
+
+
 def mark_best(groups: list[Group], metrics: list[str]) -> None:
     """Mark the best group per metric, and every group within one standard deviation of it
-    (the larger of the two groups' std): a tie at the seed spread is a tie."""
+    (the larger of the two groups' std): a tie at the seed spread is a tie.  Wall-clock
+    times are not ranked (shared machines), nor degenerate fits on likelihoods."""
     for m in metrics:
         sign = direction(m)
-        if not sign:
+        if not sign or m.startswith("time/"):
             continue
+        scale_dependent = m.split("/")[-1] in SCALE_DEPENDENT
         scales: dict[tuple, list[Group]] = {}
         for g in groups:
-            if m in g.cells:
+            if m in g.cells and not (scale_dependent and degenerate(g)):
                 scales.setdefault(scale_of(g, m), []).append(g)
         for members in scales.values():
             if len(members) < 2:
@@ -137,7 +161,7 @@ def mark_best(groups: list[Group], metrics: list[str]) -> None:
             top = max(members, key=lambda g: sign * g.cells[m].mean).cells[m]
             for g in members:
                 c = g.cells[m]
-                if abs(c.mean - top.mean) <= max(c.std, top.std):
+                if abs(c.mean - top.mean) <= max(c.std, top.std, 1e-9 * abs(top.mean)):
                     g.best.add(m)
 
 
@@ -181,11 +205,12 @@ def group_rows(groups: list[Group]) -> tuple[list[str], list[list]]:
     """report.csv: one row per group, each metric's mean, std and n."""
     keys = varying_keys(groups)
     metrics = sorted({m for g in groups for m in g.cells}, key=column_rank)
-    header = [*keys, *(f"choice:{c}" for c in _choice_keys(groups)), "finished", "jobs", "status"]
+    choices = [c for c in _choice_keys(groups) if c not in keys]
+    header = [*keys, *choices, "finished", "jobs", "status"]
     header += [f"{m}{part}" for m in metrics for part in ("", " std", " n")]
     rows = []
     for g in groups:
-        row = [g.params.get(k, "") for k in keys] + [g.choices.get(c, "") for c in _choice_keys(groups)]
+        row = [g.params.get(k, "") for k in keys] + [g.choices.get(c, "") for c in choices]
         row += [len(g.finished), len(g.jobs), g.status()]
         for m in metrics:
             c = g.cells.get(m)
