@@ -44,6 +44,10 @@ def test_bad_value_is_one_line(args, needles, tmp_path):
 
 
 @pytest.mark.parametrize("args, expected", [
+    (["experiment=mnist10k_em,mnist10k_dagmm", "data.limit_train=2000", "-m"],
+     "dgmm_lab: error: data.limit_train=2000 is a key of the swept choices (experiment=mnist10k_em,mnist10k_dagmm) "
+     "but not of the default config, and Hydra composes the sweep itself before those choices; write "
+     "++data.limit_train=2000 to set it in every job"),
     (["model=deep_gmm", "objective=dagmm", "backbone.activation=sigmoid"],
      "dgmm_lab: error: backbone.activation='sigmoid' is not allowed; allowed: relu, tanh"),
     (["model=deep_gmm", "objective=dagmm", "objective.lambda_enrgy=0.1,0.2", "-m"],

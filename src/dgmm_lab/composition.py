@@ -43,6 +43,29 @@ def check_composes(argv: list[str]) -> None:
     except Exception as err:  # noqa: BLE001 (Hydra's and OmegaConf's errors have no common base)
         raise ConfigError(explain(err, overrides, points)) from None
     check_search_params(cfg)
+    if any(a in FLAGS for a in argv):
+        check_sweep_base(overrides, points)
+
+
+def check_sweep_base(overrides: list[str], points: list[str | None]) -> None:
+    """Hydra composes a sweep's own config from its fixed overrides alone, before any swept
+    choice: ``experiment=a,b data.limit_train=2000`` fails there (the default data has no
+    limit_train) though every job would compose."""
+    swept = [a for a, p in zip(overrides, points) if p != a and not a.lstrip("+~").startswith("hydra")]
+    if not swept:
+        return
+    fixed = [a for a, p in zip(overrides, points) if p == a]
+    try:
+        compose(fixed)
+    except Exception as err:  # noqa: BLE001
+        match = re.search(r"Could not override '([^']+)'\. To append", " ".join(str(err).split()))
+        if not match:
+            return  # Hydra will say it; nothing specific to add
+        key = match.group(1)
+        value = next(a.split("=", 1)[1] for a in fixed if a.startswith(f"{key}="))
+        raise ConfigError(f"{key}={value} is a key of the swept choices ({', '.join(swept)}) but not of the "
+                          f"default config, and Hydra composes the sweep itself before those choices; write "
+                          f"++{key}={value} to set it in every job") from None
 
 
 def check_search_params(cfg: DictConfig) -> None:
