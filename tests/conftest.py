@@ -54,6 +54,16 @@ def mnist_dir() -> str:
     return path
 
 
+@pytest.fixture
+def odds_dir() -> Path:
+    """The public ODDS anomaly sets (cardio.mat, ...): DGMM_LAB_ODDS_DIR, as CI sets it."""
+    path = os.environ.get("DGMM_LAB_ODDS_DIR")
+    if not path or not (Path(path) / "cardio.mat").exists():
+        pytest.skip("the ODDS anomaly sets need DGMM_LAB_ODDS_DIR pointing at a folder with cardio.mat "
+                    "(CI sets it)")
+    return Path(path)
+
+
 def load_model(run_dir: Path, ckpt: str = "last.ckpt"):
     """The trained model of a finished run, rebuilt from its config.yaml and checkpoint."""
     import torch

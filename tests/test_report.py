@@ -113,7 +113,7 @@ def test_columns_are_chosen_and_a_missing_one_is_one_line(seed_sweep, tmp_path, 
     code, err = report_in_process(seed_sweep, "report.replicate=[k]", capsys=capsys)
     assert code == 2 and err.strip() == (
         "dgmm_lab: error: report.replicate is not a setting of the report; allowed: report.replicates, "
-        "report.columns, report.output")
+        "report.columns, report.choose, report.output")
 
 
 def test_two_sweeps_merge_into_one_report(seed_sweep, tmp_path):
@@ -209,3 +209,14 @@ def test_the_mnist_benchmark_is_a_sweep_and_a_report(mnist_dir, tmp_path):
     (row,) = parse_table(sweep / "report.md")
     accuracy, spread = (float(v.strip("*")) for v in row["test/acc"].split(" ± "))
     assert row["n"] == "2" and 0.3 < accuracy < 1 and 0 <= spread < 0.2
+
+
+def test_k_chosen_by_validation_per_replicate(seed_sweep, tmp_path, capsys):
+    """report.choose=[k]: of k=2 and k=3 on three-cluster data, validation picks k=3 on every
+    seed, and the row carries the chosen jobs' own test numbers."""
+    assert report_in_process(seed_sweep, "report.choose=[k]", f"report.output={tmp_path}", capsys=capsys)[0] == 0
+    (row,) = parse_table(tmp_path / "report.md")
+    assert row["chosen by validation"] == "k=3 ×3" and row["n"] == "3"
+    with open(seed_sweep / "jobs.csv") as f:
+        k3 = [float(j["test/nll"]) for j in csv.DictReader(f) if j["k"] == "3"]
+    assert row["test/nll"].startswith(f"{np.mean(k3):.4f}")

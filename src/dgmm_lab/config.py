@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .mixture.covariance_types import COVARIANCE_TYPES
 
@@ -184,7 +184,8 @@ def _check_monitor_and_device(cfg: DictConfig) -> None:
 @dataclass(frozen=True)
 class Range:
     """What a number in the config may be: an integer (``kind=int``) or any number, within
-    ``low``/``high`` (``open_low``/``open_high`` exclude the bound itself), or null."""
+    ``low``/``high`` (``open_low``/``open_high`` exclude the bound itself), or null, or
+    (``listable``) a non-empty list of such numbers (layer widths)."""
 
     kind: type = int
     low: float | None = None
@@ -192,10 +193,13 @@ class Range:
     open_low: bool = False
     open_high: bool = False
     nullable: bool = False
+    listable: bool = False
 
     def allows(self, value) -> bool:
         if value is None:
             return self.nullable
+        if self.listable and isinstance(value, (list, ListConfig)):
+            return len(value) > 0 and all(v is not None and self.allows(v) for v in value)
         if isinstance(value, bool) or not isinstance(value, int if self.kind is int else (int, float)):
             return False
         above = self.low is None or (value > self.low if self.open_low else value >= self.low)
@@ -213,7 +217,7 @@ class Range:
             bounds = f" {'>' if self.open_low else '>='} {self.low}"
         else:
             bounds = ""
-        return what + bounds + (", or null" if self.nullable else "")
+        return what + bounds + (", or null" if self.nullable else "") + (", or a list of them" if self.listable else "")
 
 
 SEED = Range(int, 0, 2**32 - 1)  # what numpy (and so seed_everything) accepts
@@ -240,7 +244,7 @@ VALUE_RANGES = {
     "model.scheduler.T_max": Range(int, 1, nullable=True),
     "objective.n_init": Range(int, 1), "objective.min_scale": Range(float, 0, open_low=True),
     "objective.lambda_energy": Range(float, 0), "objective.lambda_cov": Range(float, 0),
-    "objective.estimation_hidden": Range(int, 1), "objective.dropout": Range(float, 0, 1, open_high=True),
+    "objective.estimation_hidden": Range(int, 1, listable=True), "objective.dropout": Range(float, 0, 1, open_high=True),
     "objective.decoder_std": Range(float, 0, open_low=True), "objective.target_dim": Range(int, 1, nullable=True),
     "objective.pretrain_epochs": Range(int, 0), "objective.pretrain_lr": Range(float, 0, open_low=True),
     "objective.pretrain_rotation": Range(float, 0, 180),  # degrees

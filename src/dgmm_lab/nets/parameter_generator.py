@@ -76,11 +76,14 @@ class AmortizedParameters(nn.Module):
     """DAGMM's estimation network: z -> gamma (N, K) -> moments -> mixture."""
 
     def __init__(self, in_dim: int, n_components: int, covariance_type: str,
-                 hidden: int = 10, dropout: float = 0.5, eps: float = 1e-5):
+                 hidden: int | list[int] = 10, dropout: float = 0.5, eps: float = 1e-5):
         super().__init__()
         self.covariance_type, self.eps = covariance_type, eps
-        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.Tanh(), nn.Dropout(dropout),
-                                 nn.Linear(hidden, n_components))
+        sizes = [in_dim, *([hidden] if isinstance(hidden, int) else hidden)]
+        layers: list[nn.Module] = []
+        for a, b in zip(sizes[:-1], sizes[1:]):  # the paper's tanh and dropout after each hidden layer
+            layers += [nn.Linear(a, b), nn.Tanh(), nn.Dropout(dropout)]
+        self.net = nn.Sequential(*layers, nn.Linear(sizes[-1], n_components))
         k, d = n_components, in_dim
         self.register_buffer("sum_gamma", torch.zeros(k, dtype=torch.float64))
         self.register_buffer("sum_z", torch.zeros(k, d, dtype=torch.float64))

@@ -27,7 +27,8 @@ class DAGMMObjective(Objective):
 
     backbone: an autoencoder (mlp, conv, resnet) whose code plus two reconstruction errors
     is z (N, latent_dim + 2); lambda_energy, lambda_cov weigh the energy and the inverse-
-    covariance penalty; estimation_hidden, dropout shape the estimation network.
+    covariance penalty; estimation_hidden (a width or a list of widths) and dropout shape the
+    estimation network.
     """
 
     name = "dagmm"
@@ -38,7 +39,7 @@ class DAGMMObjective(Objective):
 
     def __init__(self, backbone: FeatureExtractor, n_components: int, covariance_type: str,
                  lambda_energy: float = 0.1, lambda_cov: float = 0.005,
-                 estimation_hidden: int = 10, dropout: float = 0.5):
+                 estimation_hidden: int | list[int] = 10, dropout: float = 0.5):
         super().__init__()
         self.backbone = backbone
         self.lambda_energy, self.lambda_cov = lambda_energy, lambda_cov

@@ -20,9 +20,9 @@ __all__ = ["read_jobs", "unfinished_counts", "write_report"]
 
 
 def write_report(sweep_dirs: list[Path], out_dir: Path, replicates: tuple[str, ...] = REPLICATES,
-                 columns: list[str] | None = None, raw: bool = False) -> Path:
+                 columns: list[str] | None = None, raw: bool = False, chosen: tuple[str, ...] = ()) -> Path:
     jobs = read_jobs(*sweep_dirs)
-    groups = group_jobs(jobs, replicates, raw)
+    groups = group_jobs(jobs, replicates, raw, chosen)
     metrics = shown_columns(groups, columns)
     mark_best(groups, metrics)
     header, rows = table_rows(groups, metrics)
@@ -36,6 +36,8 @@ def write_report(sweep_dirs: list[Path], out_dir: Path, replicates: tuple[str, .
            f"{', '.join(replicates) or '(none)'}."),
         ("Cells: each job's value. " if raw else "Cells: mean ± sample std over a group's finished jobs (n: how many; "
          "(n=..) where a job did not write that metric). ")
+        + (f"Per method and replicate, {', '.join(chosen)} chosen by the lowest validation value of the run's "
+           "selection metric (best/<optimized_metric>), without labels; the other jobs are left out. " if chosen else "")
         + "Bold: the best per metric and all within one std of it (the larger of the two), higher "
         "acc/nmi/ari/auroc/ap/f1, lower nll/bic/loss; likelihoods and losses compared only within one data "
         "set, objective and backbone, and not for degenerate fits; times (shared machines) not ranked.",

@@ -11,12 +11,14 @@ USAGE = """usage: python -m dgmm_lab.report SWEEP_DIR [SWEEP_DIR ...] [--raw] [r
   --raw      one row per job instead of one per group of replicates
   report.replicates=[seed,data.split_seed]  the keys whose jobs are replicates of one method
   report.columns=[test/acc,test/nll]         the metric columns, in this order (all: every metric)
+  report.choose=[k]  per method and replicate keep the job with the best validation value
+                     (best/<optimized_metric>): k chosen without labels
   report.output=DIR  where to write (default: the sweep's directory; for several,
                      outputs/reports/<time>)
 writes report.md, report.csv (a row per group), jobs.csv (a row per job), <metric>.png,
 curves.png and report.html, and prints the table"""
 
-SETTINGS = {"replicates": list, "columns": list, "output": str}
+SETTINGS = {"replicates": list, "columns": list, "choose": list, "output": str}
 
 
 def parse(argv: list[str]) -> tuple[list[Path], dict, bool]:
@@ -51,7 +53,8 @@ def _value(key: str, value: str, kind: type):
         if not value.strip():
             _fail(f"{key}='' is not allowed; allowed: a directory path")
         return value
-    example = {"report.replicates": "[seed,data.split_seed]", "report.columns": "[test/acc,test/nll]"}[key]
+    example = {"report.replicates": "[seed,data.split_seed]", "report.columns": "[test/acc,test/nll]",
+               "report.choose": "[k]"}[key]
     try:
         parsed = OmegaConf.to_container(OmegaConf.from_dotlist([f"v={value}"]))["v"]
     except Exception:  # noqa: BLE001  (OmegaConf's parser errors name grammar rules, not the key)
@@ -83,16 +86,18 @@ def main(argv: list[str] | None = None) -> None:
         if missing:
             _fail(f"report.columns: {', '.join(missing)} not written by any finished job; allowed: all, "
                   + ", ".join(shown_columns(group_jobs(jobs), ["all"])))
-    unknown = [r for r in settings.get("replicates", []) if not any(r in j["params"] or r in j["settings"] for j in jobs)]
-    if unknown:
-        keys = sorted({k for j in jobs for k in j["params"]})
-        _fail(f"report.replicates: {', '.join(unknown)} is no job's setting; allowed: keys the jobs were given, "
-              + ", ".join(keys))
+    for setting in ("replicates", "choose"):
+        unknown = [r for r in settings.get(setting, []) if not any(r in j["params"] or r in j["settings"] for j in jobs)]
+        if unknown:
+            keys = sorted({k for j in jobs for k in j["params"]})
+            _fail(f"report.{setting}: {', '.join(unknown)} is no job's setting; allowed: keys the jobs were given, "
+                  + ", ".join(keys))
     default_out = dirs[0] if len(dirs) == 1 else Path("outputs") / "reports" / time.strftime("%Y-%m-%d_%H-%M-%S")
     out_dir = Path(settings.get("output", default_out))
     if out_dir.exists() and not out_dir.is_dir():
         _fail(f"report.output={str(out_dir)!r} is a file; allowed: a directory (new or existing)")
-    report = write_report(dirs, out_dir, tuple(settings.get("replicates", REPLICATES)), columns, raw)
+    report = write_report(dirs, out_dir, tuple(settings.get("replicates", REPLICATES)), columns, raw,
+                          tuple(settings.get("choose", ())))
     try:
         print(report.read_text())
         print(f"written: {report}, report.html, report.csv, jobs.csv and the PNGs beside it")

@@ -74,11 +74,38 @@ class Group:
         return ", ".join(f"{n} {word}" for word, n in counts.items())
 
 
-def group_jobs(jobs: list[dict], replicates: tuple[str, ...] = REPLICATES, raw: bool = False) -> list[Group]:
+def choose_by_validation(jobs: list[dict], chosen: tuple[str, ...], replicates: tuple[str, ...]) -> list[dict]:
+    """Per method and replicate, of the jobs that differ only in the ``chosen`` keys (k), the
+    finished one whose run selected its best checkpoint at the lowest validation value
+    (``best/<optimized_metric>``): model selection without labels, as a user would do it.
+    Each kept job records what was chosen (``job["chosen"]``)."""
+    buckets: dict[tuple, list[dict]] = {}
+    for j in jobs:
+        rest = tuple(sorted((k, v) for k, v in j["params"].items() if k not in chosen))
+        buckets.setdefault(rest + tuple(sorted(j["choices"].items())), []).append(j)
+    kept = []
+    for members in buckets.values():
+        scored = [(j["metrics"].get(f"best/{j['settings'].get('optimized_metric', 'val/nll')}"), j) for j in members
+                  if j["status"] == "done"]
+        scored = [(v, j) for v, j in scored if _finite(v)]
+        if not scored:
+            kept.extend(members)  # nothing finished to choose from: the failures stay visible
+            continue
+        best = min(scored, key=lambda vj: vj[0])[1]
+        kept.append({**best, "chosen": ", ".join(f"{k}={effective_value(best, k)}" for k in chosen)})
+    return sorted(kept, key=lambda j: jobs.index(next(o for o in jobs if o["job"] == j["job"])))
+
+
+def group_jobs(jobs: list[dict], replicates: tuple[str, ...] = REPLICATES, raw: bool = False,
+               chosen: tuple[str, ...] = ()) -> list[Group]:
     """One group per method (per job with ``raw``), in the jobs' order, with its statistics.
     A method is the jobs' values of every key any job overrode (its config's value where it
-    did not), and the sweep it came from when several are merged."""
-    keys = sorted({k for j in jobs for k in j["params"] if k not in NOT_A_METHOD and (raw or k not in replicates)})
+    did not), and the sweep it came from when several are merged.  ``chosen`` keys (k) are
+    chosen per replicate by validation (``choose_by_validation``) instead of grouped by."""
+    if chosen:
+        jobs = choose_by_validation(jobs, chosen, replicates)
+    keys = sorted({k for j in jobs for k in j["params"]
+                   if k not in NOT_A_METHOD and k not in chosen and (raw or k not in replicates)})
     several_sweeps = len({j.get("sweep") for j in jobs}) > 1
     groups: dict[tuple, Group] = {}
     for j in jobs:
@@ -87,6 +114,11 @@ def group_jobs(jobs: list[dict], replicates: tuple[str, ...] = REPLICATES, raw: 
         key = (j["job"],) if raw else tuple(sorted(params.items())) + tuple(sorted(j["choices"].items()))
         groups.setdefault(key, Group(params, j["choices"], j.get("settings", {}))).jobs.append(j)
     for g in groups.values():
+        if chosen:  # e.g. "k=1 ×3, k=4 ×2": what validation chose on the replicates
+            counts: dict[str, int] = {}
+            for j in g.finished:
+                counts[j.get("chosen", "")] = counts.get(j.get("chosen", ""), 0) + 1
+            g.params["chosen by validation"] = ", ".join(f"{c} ×{n}" for c, n in sorted(counts.items()))
         for m in sorted({m for j in g.finished for m in j["metrics"]}):
             values = [j["metrics"][m] for j in g.finished if m in j["metrics"] and _finite(j["metrics"][m])]
             if values:
@@ -129,11 +161,12 @@ def direction(metric: str) -> int:
 def scale_of(group: Group, metric: str) -> tuple:
     """Groups whose values of ``metric`` mean the same thing: always the same data; for
     likelihoods and losses also the same objective (EM's is the exact NLL) and feature space."""
-    data = group.choices.get("data", group.params.get("data", ""))
+    # the data set: its config group and, for your own files, which file
+    data = (group.choices.get("data", group.params.get("data", "")), group.params.get("data.path", ""))
     if metric.split("/")[-1] not in SCALE_DEPENDENT:
-        return (data,)
+        return data
     objective = "nll" if group.choices.get("model") == "em_gmm" else group.choices.get("objective", "")
-    return (data, objective, group.choices.get("backbone", ""))
+    return (*data, objective, group.choices.get("backbone", ""))
 
 
 def degenerate(g: Group) -> bool:
@@ -166,8 +199,8 @@ def mark_best(groups: list[Group], metrics: list[str]) -> None:
 
 
 def varying_keys(groups: list[Group]) -> list[str]:
-    keys = sorted({k for g in groups for k in g.params})
-    varying = [k for k in keys if len({g.params.get(k) for g in groups}) > 1]
+    keys = sorted({k for g in groups for k in g.params}, key=lambda k: (k == "chosen by validation", k))
+    varying = [k for k in keys if len({g.params.get(k) for g in groups}) > 1 or k == "chosen by validation"]
     return varying or keys
 
 
