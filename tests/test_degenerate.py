@@ -17,6 +17,12 @@ def wide(path):
     np.savez(path, X=np.random.default_rng(0).normal(size=(20, 100)))
 
 
+def wide_at_a_fixed_floor(path):
+    """``wide`` with the regularisation pinned at 1e-6 (the default, auto, would raise it)."""
+    wide(path)
+    return ["model.reg_covar=1e-6"]
+
+
 def with_constant_column(path):
     x = np.random.default_rng(0).normal(size=(600, 3))
     x[:, 1] = 5.0
@@ -30,7 +36,7 @@ def with_extreme_value(path):
 
 
 @pytest.mark.parametrize("make, warnings, counts", [
-    (wide, ["EM: 3 of 3 components are degenerate", "a full covariance in 100 dimensions needs 101",
+    (wide_at_a_fixed_floor, ["EM: 3 of 3 components are degenerate", "a full covariance in 100 dimensions needs 101",
             "train log-likelihood 557.8 per sample", "Remedy: covariance=diag, fewer components (k), or "
             "model.reg_covar=0.9 (about the features' variance"],
      {"train/degenerate_components": 3, "data/constant_columns": 0, "data/extreme_columns": 0}),
@@ -43,9 +49,9 @@ def with_extreme_value(path):
      {"data/extreme_columns": 1, "data/constant_columns": 0}),
 ])
 def test_degenerate_fit_is_warned_of_and_counted(make, warnings, counts, tmp_path):
-    make(tmp_path / "d.npz")
-    result = run_cli(["data=array", f"data.path={tmp_path / 'd.npz'}", *FAST, f"hydra.run.dir={tmp_path / 'run'}"],
-                     timeout=120)
+    extra = make(tmp_path / "d.npz") or []
+    result = run_cli(["data=array", f"data.path={tmp_path / 'd.npz'}", *FAST, *extra,
+                      f"hydra.run.dir={tmp_path / 'run'}"], timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
     for text in warnings:
@@ -54,13 +60,26 @@ def test_degenerate_fit_is_warned_of_and_counted(make, warnings, counts, tmp_pat
     assert {key: metrics[key] for key in counts} == counts
 
 
-@pytest.mark.parametrize("remedy_override", ["covariance=diag", "model.reg_covar=0.9"])
+@pytest.mark.parametrize("remedy_override", ["covariance=diag", "model.reg_covar=0.9", "model.reg_covar=auto"])
 def test_the_remedies_work_for_too_few_points(remedy_override, tmp_path):
-    # 100 standard normal features: the true density's test NLL is 141.9 nats (6.7e7 without a remedy)
+    # 100 standard normal features: the true density's test NLL is 141.9 nats (6.7e7 at reg_covar=1e-6)
     wide(tmp_path / "d.npz")
     metrics = train_in_process(["data=array", f"data.path={tmp_path / 'd.npz'}", remedy_override, *FAST],
                                tmp_path / "run")
     assert metrics["train/degenerate_components"] == 0 and metrics["test/nll"] < 200
+
+
+def test_automatic_regularisation_is_sane_on_200_rows_in_300_dimensions(tmp_path, caplog):
+    """The default reg_covar=auto: 140 training rows cannot determine a 300-d covariance; the
+    Ledoit-Wolf ridge gives a test NLL near the true density's 425.7 nats (1.1e8 at 1e-6),
+    says so in the log and in metrics.json."""
+    np.savez(tmp_path / "d.npz", X=np.random.default_rng(0).normal(size=(200, 300)))
+    with caplog.at_level("WARNING"):
+        metrics = train_in_process(["data=array", f"data.path={tmp_path / 'd.npz'}", *FAST], tmp_path / "run")
+    true_nll = 300 * 0.5 * np.log(2 * np.pi * np.e)
+    assert true_nll < metrics["test/nll"] < 1.1 * true_nll
+    assert 0.5 < metrics["train/reg_covar"] < 1.5
+    assert "model.reg_covar=auto chose" in caplog.text and "140 training rows for 3 full components" in caplog.text
 
 
 def test_healthy_fit_counts_nothing_and_keeps_its_numbers(tmp_path, caplog):

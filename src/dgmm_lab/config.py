@@ -194,10 +194,13 @@ class Range:
     open_high: bool = False
     nullable: bool = False
     listable: bool = False
+    words: tuple[str, ...] = ()  # strings allowed besides numbers ("auto")
 
     def allows(self, value) -> bool:
         if value is None:
             return self.nullable
+        if isinstance(value, str) and value in self.words:
+            return True
         if self.listable and isinstance(value, (list, ListConfig)):
             return len(value) > 0 and all(v is not None and self.allows(v) for v in value)
         if isinstance(value, bool) or not isinstance(value, int if self.kind is int else (int, float)):
@@ -217,7 +220,8 @@ class Range:
             bounds = f" {'>' if self.open_low else '>='} {self.low}"
         else:
             bounds = ""
-        return what + bounds + (", or null" if self.nullable else "") + (", or a list of them" if self.listable else "")
+        return (what + bounds + (", or null" if self.nullable else "") + (", or a list of them" if self.listable else "")
+                + "".join(f", or {w}" for w in self.words))
 
 
 SEED = Range(int, 0, 2**32 - 1)  # what numpy (and so seed_everything) accepts
@@ -238,7 +242,7 @@ VALUE_RANGES = {
     "trainer.max_epochs": Range(int, -1, nullable=True), "trainer.max_steps": Range(int, -1),
     "trainer.check_val_every_n_epoch": Range(int, 1, nullable=True),
     "trainer.log_every_n_steps": Range(int, 1),
-    "model.tol": Range(float, 0), "model.reg_covar": Range(float, 0), "model.max_iter": Range(int, 1),
+    "model.tol": Range(float, 0), "model.reg_covar": Range(float, 0, words=("auto",)), "model.max_iter": Range(int, 1),
     "model.n_init": Range(int, 1), "model.init_max_samples": Range(int, 1), "model.init_em_steps": Range(int, 0),
     "model.optimizer.lr": Range(float, 0, open_low=True), "model.optimizer.weight_decay": Range(float, 0),
     "model.scheduler.T_max": Range(int, 1, nullable=True),

@@ -89,3 +89,34 @@ def mean_feature_variance(weights: Tensor, means: Tensor, covariances: Tensor, c
     centre = w @ means.double()
     spread = w @ (means.double() - centre).pow(2)
     return float((inner + spread).mean())
+
+
+def too_few_points(n_train: int, n_components: int, dim: int, covariance_type: str) -> bool:
+    """Whether a fit with these sizes cannot determine its covariances on average: fewer
+    training rows per component than a full covariance needs (D + 1), or for tied fewer than
+    K + D in all; diagonal and spherical ones need two points per component."""
+    if covariance_type == "full":
+        return n_train / n_components < dim + 1
+    if covariance_type == "tied":
+        return n_train < n_components + dim
+    return n_train / n_components < 2
+
+
+def automatic_reg_covar(z: Tensor, n_train: int, n_components: int, covariance_type: str,
+                        floor: float = 1e-6) -> tuple[float, str | None]:
+    """``model.reg_covar=auto``: the fixed ``floor`` where the data determines the covariances;
+    where it does not (``too_few_points``) the Ledoit-Wolf shrinkage of the features'
+    covariance toward their mean variance, as a ridge: reg = alpha * mean variance, which
+    pulls each component's covariance toward the data's own scale.  z (N, D) a sample of the
+    training features.  Returns (reg_covar, why) with why None where the floor was kept."""
+    from sklearn.covariance import ledoit_wolf_shrinkage
+
+    d = z.shape[1]
+    if not too_few_points(n_train, n_components, d, covariance_type):
+        return floor, None
+    x = z.double().cpu().numpy()
+    alpha = float(ledoit_wolf_shrinkage(x))
+    variance = float(x.var(axis=0).mean())
+    reg = max(floor, alpha * variance)
+    return reg, (f"{n_train} training rows for {n_components} {covariance_type} components in {d} dimensions: "
+                 f"Ledoit-Wolf shrinkage {alpha:.3g} of the features' mean variance {variance:.3g}")

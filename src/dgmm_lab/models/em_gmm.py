@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..mixture import em
-from ..mixture.diagnostics import degenerate_components, mean_feature_variance, remedy
+from ..mixture.diagnostics import automatic_reg_covar, degenerate_components, mean_feature_variance, remedy
 from ..mixture.density import MixtureDensity, check_covariance_type, covariance_eigenvalues, covariance_shape
 from ..mixture.start_values import load_start_values
 from ..nets.feature_extractor import FeatureExtractor
@@ -36,7 +36,9 @@ class EMGMM(MixtureModule):
     n_components : K.
     covariance_type : full, tied, diag or spherical (the shapes below).
     tol : stop when the mean log-likelihood per sample changes by less.
-    reg_covar : added to every variance in each M-step.
+    reg_covar : added to every variance in each M-step; "auto": 1e-6 where the training rows
+        determine the covariances, else from the data (``diagnostics.automatic_reg_covar``),
+        chosen at the start and logged (``train/reg_covar`` in metrics.json).
     max_iter : at most this many EM iterations (epochs).
     init_params : kmeans, k-means++, random or random_from_data (``em.initial_responsibilities``).
     n_init : restarts, each refined by ``init_em_steps`` EM steps on the initialisation sample
@@ -56,7 +58,7 @@ class EMGMM(MixtureModule):
     backbones = ("identity", "pca")
 
     def __init__(self, backbone: FeatureExtractor, n_components: int, covariance_type: str = "full",
-                 tol: float = 1e-3, reg_covar: float = 1e-6, max_iter: int = 100,
+                 tol: float = 1e-3, reg_covar: float | str = "auto", max_iter: int = 100,
                  init_params: str = "kmeans", n_init: int = 1, init_max_samples: int = 20000,
                  init_em_steps: int = 5, compute_dtype: str = "float64", init_from: str | None = None,
                  seed: int = 0):
@@ -74,7 +76,14 @@ class EMGMM(MixtureModule):
         self.register_buffer("shift", torch.zeros(d, dtype=torch.float64))
         self.register_buffer("lower_bound", torch.tensor(-math.inf, dtype=torch.float64))
         self.register_buffer("n_iter", torch.tensor(0))
+        # the value in use (chosen in initialize for "auto"): in checkpoints, so resuming keeps it
+        self.register_buffer("reg", torch.tensor(1e-6 if reg_covar == "auto" else float(reg_covar),
+                                                 dtype=torch.float64))
         self.compute_dtype = getattr(torch, compute_dtype)
+
+    @property
+    def reg_covar(self) -> float:
+        return float(self.reg)
 
     @property
     def mixture(self) -> MixtureDensity:
@@ -101,6 +110,12 @@ class EMGMM(MixtureModule):
     def initialize(self, x: Tensor, generator: torch.Generator) -> None:
         z = self.backbone(x).double()
         self.shift.copy_(z.mean(0))
+        if self.hparams.reg_covar == "auto":
+            n_train = self.trainer.datamodule.n_train
+            reg, why = automatic_reg_covar(z, n_train, self.hparams.n_components, self.covariance_type)
+            self.reg.fill_(reg)
+            if why and self.global_rank == 0:
+                log.warning("EM: model.reg_covar=auto chose %.3g (%s); model.reg_covar=<number> sets it", reg, why)
         if self.given:
             self._set_mixture(*self._given_start(z, generator))
             return
@@ -117,7 +132,7 @@ class EMGMM(MixtureModule):
         given = {name: value.to(self.device) for name, value in self.given.items()}
         if len(given) < 3:
             r = em.initial_mixture(z, self.hparams.n_components, self.covariance_type, self.hparams.init_params, g,
-                                   self.hparams.reg_covar, shift=self.shift)
+                                   self.reg_covar, shift=self.shift)
             given = {"weights": r.weights, "means": r.means, "precisions_cholesky": r.precisions_cholesky, **given}
         log.info("EM starts from the values in %s (%s)", self.hparams.init_from, ", ".join(sorted(self.given)))
         return given["weights"], given["means"], given["precisions_cholesky"]
@@ -126,10 +141,10 @@ class EMGMM(MixtureModule):
         """One initialisation, refined by a few EM steps on the subsample; the restart with
         the best mean log-likelihood is kept (``n_init``)."""
         r = em.initial_mixture(z, self.hparams.n_components, self.covariance_type, self.hparams.init_params, g,
-                               self.hparams.reg_covar, shift=self.shift)
+                               self.reg_covar, shift=self.shift)
         lower_bound = -math.inf
         for _ in range(self.hparams.init_em_steps):
-            r, lower_bound, _ = em.em_step(z, r.mixture(self.covariance_type), self.shift, self.hparams.reg_covar,
+            r, lower_bound, _ = em.em_step(z, r.mixture(self.covariance_type), self.shift, self.reg_covar,
                                            self.compute_dtype)
         return lower_bound, r.weights, r.means, r.precisions_cholesky
 
@@ -151,7 +166,7 @@ class EMGMM(MixtureModule):
 
     def _finish_iteration(self) -> None:
         sum_over_processes(self._stats.tensors())
-        result = em.m_step(self._stats, self.shift, self.covariance_type, self.hparams.reg_covar)
+        result = em.m_step(self._stats, self.shift, self.covariance_type, self.reg_covar)
         if result.empty_components:
             candidates = self.trainer.strategy.broadcast(self._worst.points, src=0)
             log.warning("EM iteration %d: components %s lost all their mass; re-seeded at the "
@@ -210,13 +225,13 @@ class EMGMM(MixtureModule):
         z = self.backbone(x.to(self.device)).double()
         degenerate = self.degenerate_components(len(x))
         return {"train/bic": self.mixture.bic(z), "train/aic": self.mixture.aic(z),
-                "train/degenerate_components": float(len(degenerate)),
+                "train/degenerate_components": float(len(degenerate)), "train/reg_covar": self.reg_covar,
                 **getattr(datamodule, "facts", {})}
 
     def degenerate_components(self, n_train: int) -> dict[int, tuple[str, str]]:
         """{component: (kind, why)} for covariances the data does not determine; warned of
         with the remedy (rank 0)."""
-        m, reg = self.mixture, self.hparams.reg_covar
+        m, reg = self.mixture, self.reg_covar
         variance = mean_feature_variance(m.weights, m.means, m.covariances, self.covariance_type)
         why = degenerate_components(m.weights, m.covariances, n_train, self.covariance_type, reg, variance)
         if why and self.global_rank == 0:
