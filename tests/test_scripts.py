@@ -19,3 +19,15 @@ def test_bench_em_prints_a_row_with_equal_log_likelihoods():
     assert cells[1] == "200000 x 32, 16" and cells[2] == "1"
     assert all(float(cells[i]) > 0 for i in (3, 4, 5))  # seconds
     assert abs(float(cells[9])) < 1e-8 and abs(float(cells[10])) < 1e-4  # float64 / float32 vs scikit-learn
+
+
+@pytest.mark.slow
+def test_bench_anomaly_refs_scores_sklearn_on_the_projects_splits(odds_dir):
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_anomaly_refs.py"), "--odds-dir",
+                             str(odds_dir), "--sets", "cardio", "--seeds", "0", "--ks", "1"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {line.split("|")[2].strip(): line for line in result.stdout.splitlines() if line.startswith("| cardio")}
+    assert set(rows) == {"sklearn GMM (full)", "IsolationForest"}
+    # a single full Gaussian on cardio's split 0, as the project's EM with k=1 scores it (0.945 +- 0.005 over 5)
+    assert 0.9 < float(rows["sklearn GMM (full)"].split("|")[3].split("±")[0]) < 0.99
