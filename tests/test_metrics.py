@@ -64,3 +64,17 @@ def test_anomaly_metrics_at_a_given_threshold_are_sklearns_on_the_flags():
     precision, recall, f1, _ = precision_recall_fscore_support(y, energy > 1.0, average="binary")
     assert (m["precision_at_threshold"], m["recall_at_threshold"], m["f1_at_threshold"]) == (precision, recall, f1)
     assert "f1_at_threshold" not in anomaly_metrics(y, energy)
+
+
+def test_the_dagmm_papers_f1_places_its_threshold_over_train_and_test():
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(4)
+    train = rng.normal(size=300)
+    y = np.r_[np.zeros(300), np.ones(30)].astype(bool)
+    energy = np.r_[rng.normal(size=300), rng.normal(2.5, 1.0, size=30)]
+    pooled = np.r_[train, energy]
+    cut = np.sort(pooled)[::-1][30]  # 30 anomalies among 630: the 30 highest energies of all
+    m = anomaly_metrics(y, energy, train_energy=train)
+    assert m["f1_dagmm"] == pytest.approx(f1_score(y, energy > cut), abs=0.02)
+    assert m["f1_dagmm"] != m["f1"]  # another threshold than the test set's own rate

@@ -175,7 +175,8 @@ class MixtureModule(pl.LightningModule):
             metrics["val/anomaly_threshold"] = self.anomaly["threshold"]
         if getattr(datamodule, "anomaly_protocol", False) and stage == "test":
             threshold = self.anomaly["threshold"] if self.anomaly else None
-            scores = anomaly_metrics(y.cpu().numpy(), (-log_p).cpu().numpy(), datamodule.contamination, threshold)
+            scores = anomaly_metrics(y.cpu().numpy(), (-log_p).cpu().numpy(), datamodule.contamination, threshold,
+                                     train_energy=-self.split_log_prob("train").numpy())
             metrics.update({f"{stage}/{name}": value for name, value in scores.items()})
         elif has_class_labels(y):
             for name, value in clustering_metrics(y.cpu().numpy(), cluster.cpu().numpy()).items():
@@ -186,6 +187,15 @@ class MixtureModule(pl.LightningModule):
                 if key in metrics:
                     metrics[f"best/{key}"] = min(metrics[key], self.exact_metrics.get(f"best/{key}", math.inf))
         self.log_exact(metrics)
+
+    @torch.no_grad()
+    def split_log_prob(self, split: str) -> Tensor:
+        """(N,) float64 on the CPU: what the model scores on a whole split, in evaluation
+        batches, on this process (every process holds the splits)."""
+        x, y = self.trainer.datamodule.tensors(split)
+        size = self.trainer.datamodule.eval_batch_size
+        return torch.cat([self.evaluate_batch(xb.to(self.device), yb.to(self.device))[0].double().cpu()
+                          for xb, yb in zip(torch.split(x, size), torch.split(y, size))])
 
     def log_exact(self, metrics: dict[str, float]) -> None:
         self.exact_metrics.update(metrics)

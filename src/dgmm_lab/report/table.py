@@ -23,7 +23,7 @@ DEFAULT_COLUMNS = (
     "test/acc", "test/nmi", "test/ari",                                        # clustering
     # anomaly: F1 at the true rate (precision = recall = F1 there, so only F1 is shown) and
     # at the model's own label-free threshold (what predict flags)
-    "test/auroc", "test/average_precision", "test/f1",
+    "test/auroc", "test/average_precision", "test/f1", "test/f1_dagmm",
     "test/f1_at_threshold", "test/precision_at_threshold", "test/recall_at_threshold",
     "test/nll", "test/bits_per_dim", "test/nll_per_dim",                       # density, MDN
     "best/val/loss", "best/val/nll", "best/val/bits_per_dim",                  # what checkpoints chose by
@@ -32,7 +32,7 @@ DEFAULT_COLUMNS = (
     "train/degenerate_components", "train/empty_components",                   # degenerate fits
     "data/constant_columns", "data/extreme_columns",
 )
-HIGHER_IS_BETTER = {"acc", "nmi", "ari", "auroc", "average_precision", "f1", "precision", "recall",
+HIGHER_IS_BETTER = {"acc", "nmi", "ari", "auroc", "average_precision", "f1", "precision", "recall", "f1_dagmm",
                     "f1_at_threshold", "precision_at_threshold", "recall_at_threshold"}
 LOWER_IS_BETTER = {"nll", "bits_per_dim", "nll_per_dim", "loss", "bic", "aic", "seconds_per_epoch", "total_seconds"}
 # numbers on the scale of one objective and one feature space: compared only within it
