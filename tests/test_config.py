@@ -2,8 +2,10 @@
 
 import inspect
 
+import numpy as np
 import pytest
 from hydra.utils import get_class
+from omegaconf import OmegaConf
 
 from conftest import compose_config, run_cli
 from dgmm_lab.config import CONF_DIR, ConfigError, check_config, group_options
@@ -46,6 +48,9 @@ def test_every_experiment_preset_composes_and_names_only_real_arguments(preset, 
     # Hydra merges unknown keys from a preset file without complaint; a typo (say
     # objective.pretrain_epoch) would only fail when the run starts, or never for **kwargs
     cfg = compose_config([f"experiment={preset}"], tmp_path)
+    if OmegaConf.is_missing(cfg.data, "path"):  # a preset for your own file (data=array)
+        np.savez(tmp_path / "own.npz", X=np.zeros((10, 2)), y=np.zeros(10))
+        cfg = compose_config([f"experiment={preset}", f"data.path={tmp_path / 'own.npz'}"], tmp_path)
     check_config(cfg)
     for group in ("model", "data", "backbone", "objective"):
         node = cfg.get(group)
