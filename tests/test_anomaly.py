@@ -28,6 +28,7 @@ def planted(tmp_path_factory):
     return cwd
 
 
+@pytest.mark.slow
 def test_the_papers_split_and_the_deep_detector_find_the_planted_anomalies(planted):
     metrics = json.loads((planted / "run" / "metrics.json").read_text())
     assert metrics["test/auroc"] > 0.97 and metrics["test/average_precision"] > 0.8

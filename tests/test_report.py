@@ -56,6 +56,7 @@ def seed_sweep(tmp_path_factory):
     return sweep
 
 
+@pytest.mark.slow  # sweeps of real runs: default pytest keeps the pure ones
 def test_seeds_become_one_row_per_k_with_mean_std_and_count(seed_sweep):
     out = report(seed_sweep)
     rows = parse_table(seed_sweep / "report.md")
@@ -82,6 +83,7 @@ def test_seeds_become_one_row_per_k_with_mean_std_and_count(seed_sweep):
     assert html.count("src='data:image/png;base64,") >= 3 and "<table>" in html
 
 
+@pytest.mark.slow  # sweeps of real runs: default pytest keeps the pure ones
 def test_raw_keeps_a_row_per_job_and_replicates_are_configurable(seed_sweep, tmp_path, capsys):
     assert report_in_process(seed_sweep, "--raw", f"report.output={tmp_path / 'raw'}", capsys=capsys)[0] == 0
     assert len(table_rows(tmp_path / "raw" / "report.md")) == 6
@@ -91,6 +93,7 @@ def test_raw_keeps_a_row_per_job_and_replicates_are_configurable(seed_sweep, tmp
     assert len(rows) == 3 and all("| 2 | done |" in r for r in rows), rows
 
 
+@pytest.mark.slow  # sweeps of real runs: default pytest keeps the pure ones
 def test_columns_are_chosen_and_a_missing_one_is_one_line(seed_sweep, tmp_path, capsys):
     report_in_process(seed_sweep, "report.columns=[train/bic,test/acc]", f"report.output={tmp_path}")
     header = next(l for l in (tmp_path / "report.md").read_text().splitlines() if " status " in l)
@@ -116,6 +119,7 @@ def test_columns_are_chosen_and_a_missing_one_is_one_line(seed_sweep, tmp_path, 
         "report.columns, report.choose, report.output")
 
 
+@pytest.mark.slow  # sweeps of real runs: default pytest keeps the pure ones
 def test_two_sweeps_merge_into_one_report(seed_sweep, tmp_path):
     other = tmp_path / "other"
     result = run_cli(["k=4", "data.n_samples=600", f"hydra.sweep.dir={other}", "-m"], cwd=tmp_path)
@@ -128,6 +132,7 @@ def test_two_sweeps_merge_into_one_report(seed_sweep, tmp_path):
         assert {r["job"].split("/")[0] for r in csv.DictReader(f)} == {seed_sweep.name, "other"}
 
 
+@pytest.mark.slow  # sweeps of real runs: default pytest keeps the pure ones
 def test_an_anomaly_sweep_reports_f1_auroc_and_average_precision(tmp_path):
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.normal(size=(500, 3)), rng.normal(4.0, 1.0, size=(25, 3))])
@@ -147,6 +152,7 @@ def test_an_anomaly_sweep_reports_f1_auroc_and_average_precision(tmp_path):
     assert len(table_rows(sweep / "report.md")) == 2
 
 
+@pytest.mark.slow  # sweeps of real runs: default pytest keeps the pure ones
 def test_sweep_report_lists_failed_jobs_and_marks_the_best(tmp_path):
     sweep = tmp_path / "sweep"
     result = run_cli(["model=em_gmm,deep_gmm", "k=2,4", "debug=fast", f"hydra.sweep.dir={sweep}", "-m"])
@@ -211,6 +217,7 @@ def test_the_mnist_benchmark_is_a_sweep_and_a_report(mnist_dir, tmp_path):
     assert row["n"] == "2" and 0.3 < accuracy < 1 and 0 <= spread < 0.2
 
 
+@pytest.mark.slow  # sweeps of real runs: default pytest keeps the pure ones
 def test_k_chosen_by_validation_per_replicate(seed_sweep, tmp_path, capsys):
     """report.choose=[k]: of k=2 and k=3 on three-cluster data, validation picks k=3 on every
     seed, and the row carries the chosen jobs' own test numbers."""
