@@ -38,21 +38,18 @@ def anomaly_metrics(is_anomaly, energy, contamination: float | None = None,
     from sklearn.metrics import average_precision_score, precision_recall_fscore_support, roc_auc_score
 
     is_anomaly, energy = np.asarray(is_anomaly).astype(bool), np.asarray(energy, dtype=np.float64)
+
+    def flagging(cut: float, suffix: str = "") -> dict[str, float]:
+        p, r, f, _ = precision_recall_fscore_support(is_anomaly, energy > cut, average="binary", zero_division=0)
+        return {f"precision{suffix}": float(p), f"recall{suffix}": float(r), f"f1{suffix}": float(f)}
+
     rate = is_anomaly.mean() if contamination is None else contamination
-    flagged = energy > np.quantile(energy, 1 - rate)
-    precision, recall, f1, _ = precision_recall_fscore_support(is_anomaly, flagged, average="binary",
-                                                               zero_division=0)
     scores = {"auroc": float(roc_auc_score(is_anomaly, energy)),
               "average_precision": float(average_precision_score(is_anomaly, energy)),
-              "precision": float(precision), "recall": float(recall), "f1": float(f1)}
+              **flagging(np.quantile(energy, 1 - rate))}
     if threshold is not None:
-        precision, recall, f1, _ = precision_recall_fscore_support(is_anomaly, energy > threshold, average="binary",
-                                                                   zero_division=0)
-        scores.update(precision_at_threshold=float(precision), recall_at_threshold=float(recall),
-                      f1_at_threshold=float(f1))
+        scores.update(flagging(threshold, "_at_threshold"))
     if train_energy is not None:
         pooled = np.concatenate([np.asarray(train_energy, dtype=np.float64), energy])
-        cut = np.quantile(pooled, 1 - is_anomaly.sum() / len(pooled))
-        scores["f1_dagmm"] = float(precision_recall_fscore_support(is_anomaly, energy > cut, average="binary",
-                                                                   zero_division=0)[2])
+        scores["f1_dagmm"] = flagging(np.quantile(pooled, 1 - is_anomaly.sum() / len(pooled)))["f1"]
     return scores

@@ -19,15 +19,16 @@ from .table import REPLICATES, group_jobs, group_rows, job_rows, mark_best, mark
 __all__ = ["read_jobs", "unfinished_counts", "write_report"]
 
 
-def write_report(sweep_dirs: list[Path], out_dir: Path, replicates: tuple[str, ...] = REPLICATES,
+def write_report(jobs: list[dict], sweep_dirs: list[Path], out_dir: Path, replicates: tuple[str, ...] = REPLICATES,
                  columns: list[str] | None = None, raw: bool = False, chosen: tuple[str, ...] = ()) -> Path:
-    jobs = read_jobs(*sweep_dirs)
+    """jobs: ``read_jobs(*sweep_dirs)``."""
     groups = group_jobs(jobs, replicates, raw, chosen)
     metrics = shown_columns(groups, columns)
     mark_best(groups, metrics)
     header, rows = table_rows(groups, metrics)
     finished = sum(j["status"] == "done" for j in jobs)
-    never = sum(max(0, (planned_jobs(d) or 0) - len(read_jobs(d))) for d in sweep_dirs)
+    never = sum(max(0, (planned_jobs(d) or 0) - sum(j["sweep_dir"] == d for j in jobs))
+                for d in dict.fromkeys(p.resolve() for p in sweep_dirs))
     plural = "s" if len(groups) != 1 else ""
     notes = [
         f"{finished} of {len(jobs) + never} jobs finished" + "".join(f", {n} {s}" for s, n in unfinished_counts(jobs).items())

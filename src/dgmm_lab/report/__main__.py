@@ -74,18 +74,18 @@ def main(argv: list[str] | None = None) -> None:
     from . import read_jobs, write_report
     from .table import REPLICATES, shown_columns, group_jobs
 
+    jobs = read_jobs(*dirs)
     for d in dirs:
-        if not read_jobs(d):
+        if not any(j["sweep_dir"] == d.resolve() for j in jobs):
             _fail(f"SWEEP_DIR={str(d)!r} holds no job directories (with .hydra/overrides.yaml); "
                   "allowed: a sweep's directory, outputs/train/multiruns/<time>")
-    jobs = read_jobs(*dirs)
     columns = settings.get("columns")
     if columns and columns != ["all"]:
-        present = {m for g in group_jobs(jobs) for m in g.cells}
-        missing = [c for c in columns if c not in present]
+        written = shown_columns(group_jobs(jobs), ["all"])
+        missing = [c for c in columns if c not in written]
         if missing:
             _fail(f"report.columns: {', '.join(missing)} not written by any finished job; allowed: all, "
-                  + ", ".join(shown_columns(group_jobs(jobs), ["all"])))
+                  + ", ".join(written))
     for setting in ("replicates", "choose"):
         unknown = [r for r in settings.get(setting, []) if not any(r in j["params"] or r in j["settings"] for j in jobs)]
         if unknown:
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     out_dir = Path(settings.get("output", default_out))
     if out_dir.exists() and not out_dir.is_dir():
         _fail(f"report.output={str(out_dir)!r} is a file; allowed: a directory (new or existing)")
-    report = write_report(dirs, out_dir, tuple(settings.get("replicates", REPLICATES)), columns, raw,
+    report = write_report(jobs, dirs, out_dir, tuple(settings.get("replicates", REPLICATES)), columns, raw,
                           tuple(settings.get("choose", ())))
     try:
         print(report.read_text())

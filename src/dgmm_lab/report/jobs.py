@@ -4,7 +4,8 @@ A job directory is one with ``.hydra/overrides.yaml``.  Each job is a dict with 
 path relative to its sweep, prefixed by the sweep's name when several are read), ``dir``,
 ``params`` (its overrides, ``{"k": "5", ...}``), ``choices`` (the config groups it composed:
 model, objective, backbone, data, experiment), ``settings`` (its resolved config.yaml,
-flattened: ``{"k": 5, "data.batch_size": 256, ...}``), ``sweep`` (the directory's name),
+flattened: ``{"k": 5, "data.batch_size": 256, ...}``), ``sweep`` and ``sweep_dir`` (the
+directory's name and resolved path),
 ``metrics`` (metrics.json), ``status``.
 """
 
@@ -21,8 +22,9 @@ CHOICE_GROUPS = ("experiment", "model", "objective", "backbone", "data")
 
 def read_jobs(*sweep_dirs: Path) -> list[dict]:
     jobs = []
-    for sweep_dir in dict.fromkeys(d.resolve() for d in sweep_dirs):  # a dir given twice counts once
-        prefix = f"{sweep_dir.name}/" if len(sweep_dirs) > 1 else ""
+    unique = list(dict.fromkeys(d.resolve() for d in sweep_dirs))  # a dir given twice counts once
+    for sweep_dir in unique:
+        prefix = f"{sweep_dir.name}/" if len(unique) > 1 else ""
         for overrides_file in sorted(sweep_dir.rglob(".hydra/overrides.yaml")):
             job_dir = overrides_file.parent.parent
             if any(part.startswith(("replaced-", ".submitit")) for part in job_dir.relative_to(sweep_dir).parts):
@@ -30,7 +32,7 @@ def read_jobs(*sweep_dirs: Path) -> list[dict]:
             metrics_file = job_dir / "metrics.json"
             metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
             relative = str(job_dir.relative_to(sweep_dir))
-            jobs.append({"sweep": sweep_dir.name, "job": prefix + (relative if relative != "." else sweep_dir.name), "dir": job_dir,
+            jobs.append({"sweep": sweep_dir.name, "sweep_dir": sweep_dir, "job": prefix + (relative if relative != "." else sweep_dir.name), "dir": job_dir,
                          "params": job_params(job_dir, overrides_file), "choices": job_choices(job_dir),
                          "settings": job_settings(job_dir),
                          "status": job_status(job_dir, metrics), "metrics": metrics})

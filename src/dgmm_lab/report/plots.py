@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import statistics
 from pathlib import Path
 
 from .. import viz  # noqa: F401  (selects the headless backend)
@@ -138,13 +139,8 @@ def _mean_curve(g: Group, tag: str) -> list[tuple[int, float, float]]:
     for job in g.finished:
         for epoch, value in epoch_scalars(job["dir"] / "tensorboard").get(tag, {}).items():
             per_epoch.setdefault(epoch, []).append(value)
-    out = []
-    for epoch in sorted(per_epoch):
-        vs = per_epoch[epoch]
-        mean = sum(vs) / len(vs)
-        std = math.sqrt(sum((v - mean) ** 2 for v in vs) / (len(vs) - 1)) if len(vs) > 1 else 0.0
-        out.append((epoch, mean, std))
-    return out
+    return [(epoch, statistics.fmean(vs), statistics.stdev(vs) if len(vs) > 1 else 0.0)
+            for epoch, vs in sorted(per_epoch.items())]
 
 
 @functools.lru_cache(maxsize=None)

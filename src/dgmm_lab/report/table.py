@@ -66,8 +66,10 @@ class Group:
         return [j for j in self.jobs if j["status"] == "done"]
 
     def status(self) -> str:
-        if len(self.jobs) == 1 or len(self.finished) == len(self.jobs):
-            return self.jobs[0]["status"] if len(self.jobs) == 1 else "done"
+        if len(self.jobs) == 1:
+            return self.jobs[0]["status"]
+        if len(self.finished) == len(self.jobs):
+            return "done"
         counts: dict[str, int] = {}
         for j in self.jobs:
             counts[status_word(j["status"])] = counts.get(status_word(j["status"]), 0) + 1
@@ -83,17 +85,17 @@ def choose_by_validation(jobs: list[dict], chosen: tuple[str, ...], replicates: 
     for j in jobs:
         rest = tuple(sorted((k, v) for k, v in j["params"].items() if k not in chosen))
         buckets.setdefault(rest + tuple(sorted(j["choices"].items())), []).append(j)
-    kept = []
+    chosen_label: dict[int, str] = {}  # id(job) -> "k=4", for the jobs kept
     for members in buckets.values():
         scored = [(j["metrics"].get(f"best/{j['settings'].get('optimized_metric', 'val/nll')}"), j) for j in members
                   if j["status"] == "done"]
         scored = [(v, j) for v, j in scored if _finite(v)]
-        if not scored:
-            kept.extend(members)  # nothing finished to choose from: the failures stay visible
+        if not scored:  # nothing finished to choose from: the failures stay visible
+            chosen_label.update({id(j): "" for j in members})
             continue
         best = min(scored, key=lambda vj: vj[0])[1]
-        kept.append({**best, "chosen": ", ".join(f"{k}={effective_value(best, k)}" for k in chosen)})
-    return sorted(kept, key=lambda j: jobs.index(next(o for o in jobs if o["job"] == j["job"])))
+        chosen_label[id(best)] = ", ".join(f"{k}={effective_value(best, k)}" for k in chosen)
+    return [{**j, "chosen": chosen_label[id(j)]} for j in jobs if id(j) in chosen_label]
 
 
 def group_jobs(jobs: list[dict], replicates: tuple[str, ...] = REPLICATES, raw: bool = False,
