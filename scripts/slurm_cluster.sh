@@ -63,7 +63,8 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket=$MUNGE_SOCK
+# a requeued job waits cred_expire seconds before it starts again (default 120)
+AuthInfo=socket=$MUNGE_SOCK,cred_expire=10
 SlurmctldPort=$CTLD_PORT
 SlurmdPort=$D_PORT
 StateSaveLocation=$PREFIX/state/ctld
