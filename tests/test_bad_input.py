@@ -52,7 +52,7 @@ def test_bad_value_is_one_line(args, needles, tmp_path):
      "dgmm_lab: error: backbone.activation='sigmoid' is not allowed; allowed: relu, tanh"),
     (["model=deep_gmm", "objective=dagmm", "objective.lambda_enrgy=0.1,0.2", "-m"],
      "dgmm_lab: error: objective.lambda_enrgy is not a key of the config; did you mean objective.lambda_energy? "
-     "allowed under objective: dropout, estimation_hidden, lambda_cov, lambda_energy"),
+     "allowed under objective: dropout, error_features, estimation_hidden, lambda_cov, lambda_energy"),
     (["model=deep_gmm", "objective=dagmm", "model.lambda_energy=0.2"],
      "dgmm_lab: error: model.lambda_energy is not a key of the config; it is now objective.lambda_energy"),
     (["model=deep_gmm", "+objective.lambda_enrgy=0.2"],

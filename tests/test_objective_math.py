@@ -158,9 +158,14 @@ def test_vade_training_loss_averages_to_the_documented_bound(covariance_type, k)
 # --------------------------------------------------------------------------- DAGMM
 
 
+PAPER_FEATURES = ("relative_euclidean", "cosine")
+DEFAULT_FEATURES = ("log_euclidean", "cosine")
+
+
+@pytest.mark.parametrize("features", [PAPER_FEATURES, DEFAULT_FEATURES], ids=["paper", "default"])
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
-def test_dagmm_energy_and_reconstruction_are_the_hand_computed_ones(covariance_type):
-    obj, x, z, mixture_ref = _dagmm_case(covariance_type)
+def test_dagmm_energy_and_reconstruction_are_the_hand_computed_ones(covariance_type, features):
+    obj, x, z, mixture_ref = _dagmm_case(covariance_type, features=features)
     with torch.no_grad():
         loss, logs = obj.loss(x)
     weights, means, covs = mixture_ref
@@ -193,21 +198,23 @@ def test_dagmm_covariance_penalty_is_the_sum_of_inverse_variances(covariance_typ
     np.testing.assert_allclose(penalty, (1.0 / variances).sum(), rtol=1e-6)
 
 
-def _dagmm_case(covariance_type, k: int = 3, n: int = 64):
+def _dagmm_case(covariance_type, k: int = 3, n: int = 64, features=DEFAULT_FEATURES):
     """A float64 DAGMM in eval mode on random inputs, its features z computed by hand, and the
     batch mixture from z and the estimation network's memberships gamma: the gamma-weighted
     moments, with the generator's documented regulariser eps added to each component's count
     and to each covariance's diagonal."""
     torch.manual_seed(10)
-    obj = DAGMMObjective(MLP((X_DIM,), LATENT, (16,)), k, covariance_type, estimation_hidden=8).double().eval()
+    obj = DAGMMObjective(MLP((X_DIM,), LATENT, (16,)), k, covariance_type, estimation_hidden=8,
+                         error_features=features).double().eval()
     x = torch.as_tensor(np.random.default_rng(11).normal(size=(n, X_DIM)))
     with torch.no_grad():
         code = obj.backbone(x).numpy()
         x_hat = obj.backbone.decode(obj.backbone(x)).numpy()
     xs = x.numpy()
-    relative = np.linalg.norm(xs - x_hat, axis=1) / np.linalg.norm(xs, axis=1)
-    cosine = (xs * x_hat).sum(1) / (np.linalg.norm(xs, axis=1) * np.linalg.norm(x_hat, axis=1))
-    z = np.concatenate([code, relative[:, None], cosine[:, None]], 1)
+    error = np.linalg.norm(xs - x_hat, axis=1)
+    by_hand = {"relative_euclidean": error / np.linalg.norm(xs, axis=1), "log_euclidean": np.log(error + 1e-3),
+               "cosine": (xs * x_hat).sum(1) / (np.linalg.norm(xs, axis=1) * np.linalg.norm(x_hat, axis=1))}
+    z = np.concatenate([code, *(by_hand[name][:, None] for name in features)], 1)
     with torch.no_grad():
         gamma = obj.parameter_generator.memberships(torch.as_tensor(z)).numpy()
     eps = obj.parameter_generator.eps

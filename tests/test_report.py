@@ -224,6 +224,6 @@ def test_k_chosen_by_validation_per_replicate(seed_sweep, tmp_path, capsys):
     assert report_in_process(seed_sweep, "report.choose=[k]", f"report.output={tmp_path}", capsys=capsys)[0] == 0
     (row,) = parse_table(tmp_path / "report.md")
     assert row["chosen by validation"] == "k=3 ×3" and row["n"] == "3"
-    with open(seed_sweep / "jobs.csv") as f:
+    with open(tmp_path / "jobs.csv") as f:
         k3 = [float(j["test/nll"]) for j in csv.DictReader(f) if j["k"] == "3"]
     assert row["test/nll"].startswith(f"{np.mean(k3):.4f}")

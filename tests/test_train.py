@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -69,6 +70,23 @@ def test_multirun_sweep_makes_readable_job_directories(tmp_path):
         assert (run_dir / "checkpoints" / "last.ckpt").exists()
         assert "val/nll" in json.loads((run_dir / "metrics.json").read_text())
         read_events(run_dir)
+
+
+def test_a_path_in_a_swept_value_makes_one_job_directory_not_a_tree(tmp_path):
+    """data.path=/abs/file.csv in a sweep: its '/' are written %2F, so every job dir is a child
+    of the sweep dir, where the report and the sweep's summary look."""
+    data = tmp_path / "data"
+    data.mkdir()
+    np.savetxt(data / "d.csv", np.random.default_rng(0).normal(size=(200, 2)), delimiter=",", header="a,b",
+               comments="")
+    result = run_cli(["data=array", f"data.path={data / 'd.csv'}", "k=1,2", "debug=fast",
+                      f"hydra.sweep.dir={tmp_path / 'sweep'}", "-m"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
+    encoded = str(data / "d.csv").replace("/", "%2F")
+    assert jobs == [f"data.path={encoded},data=array,k=1", f"data.path={encoded},data=array,k=2"], jobs
+    assert all((tmp_path / "sweep" / job / "metrics.json").exists() for job in jobs)
+    assert "2 of 2 jobs finished" in result.stdout + result.stderr
 
 
 def test_optuna_search_runs_three_trials_into_sqlite(tmp_path):

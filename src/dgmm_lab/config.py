@@ -39,6 +39,8 @@ OmegaConf.register_new_resolver("gpus_per_node", _gpus_per_node, replace=True)
 # paths.root_dir: the user's working directory. Hydra's ${hydra:runtime.cwd} is not set yet
 # when a sweeper resolves hydra.sweep.dir (every local -m sweep crashed on it), this is
 OmegaConf.register_new_resolver("cwd", os.getcwd, replace=True)
+# a job's directory is one level under the sweep's, whatever its values hold
+OmegaConf.register_new_resolver("job_dir_name", lambda name: str(name).replace("/", "%2F"), replace=True)
 # the Optuna sweeper opens its sqlite file before Hydra has made the sweep directory
 OmegaConf.register_new_resolver("ensure_dir", _ensure_dir, replace=True)
 
