@@ -67,6 +67,46 @@ def test_float32_products_keep_the_likelihood():
     assert abs(f32.lower_bound_ - f64.lower_bound_) < 1e-4
 
 
+@pytest.mark.parametrize("cov_type", COVARIANCE_TYPES)
+def test_float32_input_computes_and_answers_in_float32_as_scikit_learn(cov_type):
+    """scikit-learn's convention (since 1.7): the input's dtype is the fit's and the answers';
+    our statistics are summed in float64 all the same, so the likelihood matches float64's."""
+    x = DATASETS["blobs"]
+    x32 = x.astype(np.float32)
+    # float32 start values: scikit-learn promotes its answers to float64 for float64 ones
+    init = {key: value.astype(np.float32) for key, value in shared_init(x, 3, cov_type).items()}
+    kwargs = dict(covariance_type=cov_type, tol=1e-6, max_iter=50, **init)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        sk = SkGaussianMixture(3, **kwargs).fit(x32)
+        ours = GaussianMixture(3, **kwargs).fit(x32)
+        f64 = GaussianMixture(3, **kwargs).fit(x)
+    for attr in ("weights_", "means_", "covariances_", "precisions_", "precisions_cholesky_"):
+        assert getattr(ours, attr).dtype == getattr(sk, attr).dtype == np.float32, attr
+        assert getattr(f64, attr).dtype == np.float64, attr
+    for method in ("score_samples", "predict_proba"):
+        assert getattr(ours, method)(x32).dtype == getattr(sk, method)(x32).dtype == np.float32
+    assert ours.score_samples(x).dtype == np.float64  # each call's input decides
+    # the blobs sit near 100: float32 sums lose digits (scikit-learn's diag: 1e-3 nats off)
+    assert abs(ours.lower_bound_ - f64.lower_bound_) < 1e-4
+    assert abs(ours.lower_bound_ - f64.lower_bound_) <= abs(sk.lower_bound_ - f64.lower_bound_) + 1e-6
+    assert GaussianMixture(3, compute_dtype="float64", **kwargs).fit(x32).means_.dtype == np.float32
+
+
+def test_start_values_from_a_sample_of_rows():
+    """k-means on 60 of 3000 rows finds well-separated clusters as well as on all of them."""
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(10.0 * c, 1.0, size=(1000, 2)) for c in range(3)])
+    sampled = GaussianMixture(3, init_max_samples=60, random_state=0).fit(x)
+    full = GaussianMixture(3, random_state=0).fit(x)
+    assert sampled.lower_bound_ == pytest.approx(full.lower_bound_, abs=1e-6)
+    np.testing.assert_allclose(np.sort(sampled.means_[:, 0]), [0, 10, 20], atol=0.2)
+    every_row = GaussianMixture(3, init_max_samples=3000, random_state=0, max_iter=1).fit(x)
+    assert every_row.lower_bound_ == GaussianMixture(3, random_state=0, max_iter=1).fit(x).lower_bound_
+    with pytest.raises(ValueError, match="init_max_samples=2 must be None or an integer >= n_components=3"):
+        GaussianMixture(3, init_max_samples=2).fit(x)
+
+
 def test_own_init_recovers_clusters_and_restarts_keep_the_best():
     x = DATASETS["blobs"]
     one = GaussianMixture(3, random_state=0).fit(x)

@@ -52,16 +52,26 @@ def log_det_precision_cholesky(prec_chol: Tensor, covariance_type: str, dim: int
 # (EM's E-step reuses it for its statistics); -> squared distances (N, K).
 
 
+# rows at a time so that the (rows, K*D) product of a full covariance stays bounded: a whole
+# 1,000,000 x 64 input with K=64 would be 32 GB in float64
+FULL_PRODUCT_ELEMENTS = 2**22
+
+
 def _sq_mahalanobis_full(x: Tensor, means: Tensor, prec_chol: Tensor, x_sq=None) -> Tensor:
     # (x - mu_k) P_k for all k with one GEMM: x (N, D) @ [P_1 .. P_K] (D, K*D)
-    # and mu_k P_k as the GEMM's bias: one (N, K*D) tensor, squared in place when no
+    # and mu_k P_k as the GEMM's bias: one (rows, K*D) tensor, squared in place when no
     # gradient needs it (the E-step's hot loop)
     n, d = x.shape
     k = means.shape[0]
     mp = torch.einsum("kd,kde->ke", means, prec_chol).reshape(k * d)
-    y = torch.addmm(-mp, x, prec_chol.permute(1, 0, 2).reshape(d, k * d))
-    y = y.square() if y.requires_grad else y.square_()
-    return y.view(n, k, d).sum(-1)
+    factors = prec_chol.permute(1, 0, 2).reshape(d, k * d)
+    rows = max(1, FULL_PRODUCT_ELEMENTS // (k * d))
+    parts = []
+    for xc in torch.split(x, rows) if n > rows else (x,):
+        y = torch.addmm(-mp, xc, factors)
+        y = y.square() if y.requires_grad else y.square_()
+        parts.append(y.view(len(xc), k, d).sum(-1))
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def _sq_mahalanobis_tied(x: Tensor, means: Tensor, prec_chol: Tensor, x_sq=None) -> Tensor:

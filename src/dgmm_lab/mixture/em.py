@@ -104,6 +104,9 @@ def accumulate(
     return torch.cat(log_likelihoods)
 
 
+SPARSE_BLOCK = 2**15
+
+
 def full_second_moments(centred: Tensor, resp: Tensor, chunk_size: int) -> Tensor:
     """sum_n r_nk c_n c_n^T, (N, D) and (N, K) -> (K, D, D) float64.
 
@@ -117,10 +120,12 @@ def full_second_moments(centred: Tensor, resp: Tensor, chunk_size: int) -> Tenso
     k = resp.shape[1]
     out = torch.zeros(k, d, d, dtype=torch.float64, device=centred.device)
     if torch.count_nonzero(resp) <= n * k / 3:
-        for j, rj in enumerate(resp.T.contiguous()):
-            rows = rj.nonzero().squeeze(1)
-            cj = centred.index_select(0, rows)
-            out[j] = ((cj * rj.index_select(0, rows).unsqueeze(1)).T @ cj).double()
+        # a block of rows at a time: the transposed responsibilities stay small beside large N
+        for cb, rb in zip(torch.split(centred, SPARSE_BLOCK), torch.split(resp, SPARSE_BLOCK)):
+            for j, rj in enumerate(rb.T.contiguous()):
+                rows = rj.nonzero().squeeze(1)
+                cj = cb.index_select(0, rows)
+                out[j] += ((cj * rj.index_select(0, rows).unsqueeze(1)).T @ cj).double()
         return out
     weighted_buf = centred.new_empty(min(chunk_size, n), k, d)
     for cc, rc in zip(torch.split(centred, chunk_size), torch.split(resp, chunk_size)):
@@ -208,7 +213,7 @@ def initial_responsibilities(x: Tensor, k: int, method: str,
     n = x.shape[0]
     if method == "kmeans":
         _, labels = lloyd(x, kmeans_plus_plus(x, k, generator)[0])
-        return torch.nn.functional.one_hot(labels, k).to(x.dtype)
+        return torch.zeros(n, k, dtype=x.dtype, device=x.device).scatter_(1, labels.unsqueeze(1), 1.0)
     if method == "random":
         resp = torch.rand(n, k, generator=generator, dtype=x.dtype, device=x.device)
         return resp / resp.sum(-1, keepdim=True)
@@ -226,25 +231,26 @@ def initial_responsibilities(x: Tensor, k: int, method: str,
 
 
 def stats_from_responsibilities(x: Tensor, resp: Tensor, shift: Tensor,
-                                covariance_type: str) -> SufficientStats:
+                                covariance_type: str, chunk_size: int = 2**16) -> SufficientStats:
     """Statistics for given responsibilities resp (N, K) of x (N, D) (to turn an init into
-    parameters).  Rows need not sum to one: the tied second moment weights each sample by
-    its row's mass, so points that belong to no component count for nothing (scikit-learn's
-    tied estimate takes every sample at full weight there)."""
-    x = x.double()
-    resp = resp.double()
-    centred = x - shift.double()
+    parameters), ``chunk_size`` rows at a time in float64: no (N, K, D) array, and x is
+    never copied whole. Rows need not sum to one: the tied second moment weights each
+    sample by its row's mass, so points that belong to no component count for nothing
+    (scikit-learn's tied estimate takes every sample at full weight there)."""
     k, d = resp.shape[1], x.shape[1]
     stats = SufficientStats.zeros(k, d, covariance_type, device=x.device)
-    stats.nk += resp.sum(0)
-    stats.sx += resp.T @ centred
-    stats.n_samples += x.shape[0]
-    if covariance_type == "full":
-        stats.sxx += torch.einsum("nk,nd,ne->kde", resp, centred, centred)
-    elif covariance_type == "tied":
-        stats.sxx += (centred * resp.sum(1, keepdim=True)).T @ centred
-    else:
-        stats.sxx += resp.T @ centred.pow(2)
+    shift = shift.double()
+    for xc, rc in zip(torch.split(x, chunk_size), torch.split(resp, chunk_size)):
+        centred, rc = xc.double() - shift, rc.double()
+        stats.nk += rc.sum(0)
+        stats.sx += rc.T @ centred
+        stats.n_samples += xc.shape[0]
+        if covariance_type == "full":
+            stats.sxx += full_second_moments(centred, rc, chunk_rows(k, d, "full"))
+        elif covariance_type == "tied":
+            stats.sxx += (centred * rc.sum(1, keepdim=True)).T @ centred
+        else:
+            stats.sxx += rc.T @ centred.pow(2)
     return stats
 
 
@@ -254,7 +260,7 @@ def initial_mixture(x: Tensor, k: int, covariance_type: str, method: str, genera
     M-step.  With ``n_init`` > 1 the restart whose mixture has the highest mean
     log-likelihood on x is kept (the first of equals).  ``shift``: the centre the
     statistics are taken around (default: the mean of x)."""
-    shift = x.double().mean(0) if shift is None else shift
+    shift = x.mean(0, dtype=torch.float64) if shift is None else shift
     best, best_score = None, None
     for _ in range(n_init):
         resp = initial_responsibilities(x, k, method, generator)
@@ -262,7 +268,8 @@ def initial_mixture(x: Tensor, k: int, covariance_type: str, method: str, genera
                         reg_covar)
         if n_init == 1:
             return result
-        score = float(result.mixture(covariance_type).log_prob(x.double()).mean())
+        score = float(torch.cat([result.mixture(covariance_type).log_prob(xc.double())
+                                 for xc in torch.split(x, 2**16)]).mean())
         if best is None or score > best_score:
             best, best_score = result, score
     return best
@@ -271,12 +278,14 @@ def initial_mixture(x: Tensor, k: int, covariance_type: str, method: str, genera
 def em_step(x: Tensor, mixture: MixtureDensity, shift: Tensor, reg_covar: float = 1e-6,
             compute_dtype: torch.dtype = torch.float64,
             batch_size: int | None = None) -> tuple[MStepResult, float, Tensor]:
-    """One EM iteration on x (N, D), the E-step ``batch_size`` rows at a time (all at once by
-    default): (M-step result, mean log-likelihood under ``mixture``, log p(x) (N,)).
-    Emptied components are left to the caller (``reseed_empty``)."""
-    stats = SufficientStats.zeros(mixture.n_components, x.shape[1], mixture.covariance_type, device=x.device)
-    log_p = torch.cat([accumulate(stats, xb, mixture, shift, compute_dtype)
-                       for xb in torch.split(x, batch_size or x.shape[0])])
+    """One EM iteration on x (N, D), the E-step ``batch_size`` rows at a time (by default as
+    many as keep a batch's work arrays near 2^22 numbers: all of MNIST's 60k x 50, K=10):
+    (M-step result, mean log-likelihood under ``mixture``, log p(x) (N,)). Emptied
+    components are left to the caller (``reseed_empty``)."""
+    k, d = mixture.n_components, x.shape[1]
+    stats = SufficientStats.zeros(k, d, mixture.covariance_type, device=x.device)
+    rows = batch_size or max(chunk_rows(k, d, mixture.covariance_type), 2**22 // (d + k))
+    log_p = torch.cat([accumulate(stats, xb, mixture, shift, compute_dtype) for xb in torch.split(x, rows)])
     lower_bound = float(stats.log_likelihood / stats.n_samples)
     return m_step(stats, shift, mixture.covariance_type, reg_covar), lower_bound, log_p
 

@@ -32,10 +32,16 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     Parameters are scikit-learn's (``init_params`` as ``em.initial_responsibilities``
     describes it), plus ``device``; ``batch_size`` (rows per E-step batch, None for all);
-    ``compute_dtype`` ("float64", or "float32" for faster products with float64
-    accumulation of the statistics).
+    ``compute_dtype`` (None: the input's dtype; "float32" or "float64" overrides it);
+    ``init_max_samples`` (start values from at most this many random rows, None for all:
+    k-means on a sample costs a fraction of a pass over a large X; EM runs on every row).
 
-    Attributes after ``fit`` (numpy, float64), K = n_components, D = n_features_in_:
+    Dtypes, as scikit-learn's (since 1.7): float32 input is computed in float32 and float64
+    input in float64 (other input becomes float64); whatever the products' dtype, the
+    statistics are summed and the M-step is solved in float64. The fitted attributes, scores
+    and probabilities have the input's dtype.
+
+    Attributes after ``fit`` (numpy, the input's dtype), K = n_components, D = n_features_in_:
     weights_ (K,); means_ (K, D); covariances_, precisions_, precisions_cholesky_: full
     (K, D, D), tied (D, D), diag (K, D), spherical (K,); converged_; n_iter_; lower_bound_
     (the mean log-likelihood per sample of the last E-step).
@@ -44,7 +50,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     def __init__(self, n_components=1, *, covariance_type="full", tol=1e-3, reg_covar=1e-6,
                  max_iter=100, n_init=1, init_params="kmeans", weights_init=None,
                  means_init=None, precisions_init=None, random_state=None, warm_start=False,
-                 verbose=0, device="cpu", batch_size=None, compute_dtype="float64"):
+                 verbose=0, device="cpu", batch_size=None, compute_dtype=None, init_max_samples=None):
         self.n_components = n_components
         self.covariance_type = covariance_type
         self.tol = tol
@@ -61,6 +67,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.device = device
         self.batch_size = batch_size
         self.compute_dtype = compute_dtype
+        self.init_max_samples = init_max_samples
 
     # ------------------------------------------------------------------ checks
     def _check_parameters(self, n_samples: int) -> None:
@@ -78,8 +85,12 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                                  ("max_iter", self.max_iter, 1), ("n_init", self.n_init, 1)):
             if value < low:
                 raise ValueError(f"{name}={value!r} must be >= {low}")
-        if self.compute_dtype not in ("float64", "float32"):
-            raise ValueError(f"compute_dtype={self.compute_dtype!r} is not one of float64, float32")
+        if self.init_max_samples is not None and not (
+                isinstance(self.init_max_samples, (int, np.integer)) and self.init_max_samples >= self.n_components):
+            raise ValueError(f"init_max_samples={self.init_max_samples!r} must be None or an integer >= "
+                             f"n_components={self.n_components}")
+        if self.compute_dtype not in (None, "float64", "float32"):
+            raise ValueError(f"compute_dtype={self.compute_dtype!r} is not one of None, float64, float32")
 
     def _tensor(self, a) -> torch.Tensor:
         return torch.as_tensor(np.asarray(a, dtype=np.float64), device=self.device)
@@ -87,7 +98,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     def _to_tensor(self, X, reset: bool) -> torch.Tensor:
         if isinstance(X, torch.Tensor):
             X = X.detach().cpu().numpy()
-        X = validate_data(self, X, reset=reset, dtype=np.float64, ensure_min_samples=1)
+        X = validate_data(self, X, reset=reset, dtype=[np.float64, np.float32], ensure_min_samples=1)
         return torch.as_tensor(np.require(X, requirements="W"), device=self.device)
 
     # ------------------------------------------------------------------ fitting
@@ -100,7 +111,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         generator = torch.Generator(device=x.device)
         generator.manual_seed(int(seed) if seed is not None else
                               int(np.random.default_rng(self.random_state).integers(2**31)))
-        shift = x.mean(0)
+        shift = x.mean(0, dtype=torch.float64)
         warm = self.warm_start and hasattr(self, "converged_")
         best = None
         for _ in range(1 if warm else self.n_init):
@@ -108,7 +119,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             result = self._run_em(x, mixture, shift)
             if best is None or result["lower_bound"] > best["lower_bound"]:
                 best = result
-        self._set_fitted(best)
+        self._set_fitted(best, x.dtype)
         if not self.converged_ and self.max_iter > 0:
             warnings.warn(
                 f"EM did not converge in {self.max_iter} iterations (tol={self.tol}); "
@@ -127,7 +138,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             prec_chol = precision_cholesky_from_precision(self._tensor(self.precisions_init),
                                                           self.covariance_type)
             return MixtureDensity(weights.log(), means, prec_chol, self.covariance_type)
-        r = em.initial_mixture(x, self.n_components, self.covariance_type, self.init_params, generator,
+        sample = x
+        if self.init_max_samples is not None and self.init_max_samples < x.shape[0]:
+            rows = torch.randperm(x.shape[0], generator=generator, device=x.device)[:self.init_max_samples]
+            sample = x[rows.sort().values]
+        r = em.initial_mixture(sample, self.n_components, self.covariance_type, self.init_params, generator,
                                self.reg_covar, shift=shift)
         weights, means, prec_chol = r.weights, r.means, r.precisions_cholesky
         if self.weights_init is not None:
@@ -144,7 +159,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                               self._tensor(self.precisions_cholesky_), self.covariance_type)
 
     def _run_em(self, x, mixture, shift) -> dict:
-        compute_dtype = getattr(torch, self.compute_dtype)
+        compute_dtype = self._compute_dtype(x)
         lower_bound, converged, n_iter = -math.inf, False, 0
         for n_iter in range(1, self.max_iter + 1):
             previous = lower_bound
@@ -175,17 +190,23 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                          "lower_bound": lower_bound})
         return est
 
-    def _set_fitted(self, result: dict) -> None:
+    def _compute_dtype(self, x: torch.Tensor) -> torch.dtype:
+        return getattr(torch, self.compute_dtype) if self.compute_dtype else x.dtype
+
+    def _set_fitted(self, result: dict, dtype: torch.dtype = torch.float64) -> None:
         m: MixtureDensity = result["mixture"]
-        self._mixture = m
-        self.weights_ = m.weights.cpu().numpy()
-        self.means_ = m.means.cpu().numpy()
-        self.precisions_cholesky_ = m.precisions_cholesky.cpu().numpy()
-        self.covariances_ = covariance_from_precision_cholesky(
-            m.precisions_cholesky, self.covariance_type).cpu().numpy()
+        self._mixture = m  # float64: the M-step's own precision, whatever the input's
+
+        def out(t: torch.Tensor) -> np.ndarray:
+            return t.to(dtype).cpu().numpy()
+
+        self.weights_ = out(m.weights)
+        self.means_ = out(m.means)
+        self.precisions_cholesky_ = out(m.precisions_cholesky)
+        self.covariances_ = out(covariance_from_precision_cholesky(m.precisions_cholesky, self.covariance_type))
         p = m.precisions_cholesky
         precisions = p.pow(2) if self.covariance_type in ("diag", "spherical") else p @ p.transpose(-1, -2)
-        self.precisions_ = precisions.cpu().numpy()
+        self.precisions_ = out(precisions)
         self.converged_ = result["converged"]
         self.n_iter_ = result["n_iter"]
         self.lower_bound_ = result["lower_bound"]
@@ -195,14 +216,22 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         check_is_fitted(self)
         return self._to_tensor(X, reset=False)
 
-    def _in_chunks(self, fn, x: torch.Tensor) -> np.ndarray:
+    def _in_chunks(self, method: str, x: torch.Tensor) -> np.ndarray:
         # rows in chunks keep the (rows, K, D) intermediates in cache: several times faster
-        return torch.cat([fn(c) for c in torch.split(x, _CHUNK)]).cpu().numpy()
+        dtype = self._compute_dtype(x)
+        fn = getattr(self._mixture.to(dtype), method)
+        out = None  # filled in place: a list of chunks and their concatenation would be twice the answer
+        for start in range(0, x.shape[0], _CHUNK):
+            part = fn(x[start:start + _CHUNK].to(dtype))
+            if out is None:
+                out = part.new_empty((x.shape[0], *part.shape[1:]), dtype=part.dtype if method == "predict" else x.dtype)
+            out[start:start + len(part)] = part
+        return out.cpu().numpy()
 
     def score_samples(self, X):
         """log p(x) of each sample of X (n_samples, n_features) -> (n_samples,)."""
         x = self._scored(X)
-        return self._in_chunks(self._mixture.log_prob, x)
+        return self._in_chunks("log_prob", x)
 
     def score(self, X, y=None):
         """The mean log-likelihood per sample of X (n_samples, n_features): a float."""
@@ -211,12 +240,12 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     def predict(self, X):
         """The most probable component of each sample: (n_samples, n_features) -> (n_samples,)."""
         x = self._scored(X)
-        return self._in_chunks(self._mixture.predict, x)
+        return self._in_chunks("predict", x)
 
     def predict_proba(self, X):
         """Responsibilities p(k | x): (n_samples, n_features) -> (n_samples, n_components)."""
         x = self._scored(X)
-        return self._in_chunks(self._mixture.responsibilities, x)
+        return self._in_chunks("responsibilities", x)
 
     def sample(self, n_samples=1):
         """(samples (n_samples, n_features), their components (n_samples,)), drawn with a

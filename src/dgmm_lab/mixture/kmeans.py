@@ -14,7 +14,7 @@ def kmeans_plus_plus(x: Tensor, k: int, generator: torch.Generator,
     n_local_trials = n_local_trials or 2 + int(torch.tensor(float(k)).log())
     first = torch.randint(n, (1,), generator=generator, device=x.device)
     indices = [first[0]]
-    closest = (x - x[first[0]]).pow(2).sum(-1)
+    closest = squared_distances(x[first], x)[0]
     for _ in range(1, k):
         total = closest.sum()
         if total <= 0:  # fewer distinct points than k: take any remaining point
@@ -22,7 +22,7 @@ def kmeans_plus_plus(x: Tensor, k: int, generator: torch.Generator,
             continue
         candidates = torch.multinomial(closest / total, n_local_trials, replacement=True,
                                        generator=generator)
-        dists = torch.cdist(x[candidates], x).pow(2)
+        dists = squared_distances(x[candidates], x)
         pot = torch.minimum(closest, dists).sum(-1)
         best = int(pot.argmin())
         closest = torch.minimum(closest, dists[best])
@@ -37,19 +37,38 @@ def lloyd(x: Tensor, centres: Tensor, max_iter: int = 300, tol: float = 1e-4) ->
     over centres) by at most ``tol`` times the mean per-feature variance of x, or
     ``max_iter`` updates.  An empty cluster keeps its centre (scikit-learn moves it onto a
     far point).  Returns (centres (k, D), labels (N,)), the labels of the returned centres."""
-    threshold = tol * float(x.var(0, unbiased=False).mean())
+    threshold = tol * float(_mean_variance(x))
     k = centres.shape[0]
-    labels = torch.cdist(x, centres).argmin(-1)
+    labels = nearest(x, centres)
     for _ in range(max_iter):
-        one_hot = torch.nn.functional.one_hot(labels, k).to(x.dtype)
-        counts = one_hot.sum(0)
-        updated = torch.where((counts > 0).unsqueeze(-1), (one_hot.T @ x) / counts.clamp_min(1).unsqueeze(-1),
-                              centres)
+        counts = torch.bincount(labels, minlength=k).to(x.dtype)
+        sums = torch.zeros_like(centres).index_add_(0, labels, x)
+        updated = torch.where((counts > 0).unsqueeze(-1), sums / counts.clamp_min(1).unsqueeze(-1), centres)
         shift = float((updated - centres).pow(2).sum())
         centres = updated
-        new_labels = torch.cdist(x, centres).argmin(-1)
+        new_labels = nearest(x, centres)
         converged = torch.equal(new_labels, labels) or shift <= threshold
         labels = new_labels
         if converged:
             break
     return centres, labels
+
+
+# rows at a time in the whole-data passes: their temporaries stay small beside a large x
+CHUNK = 2**16
+
+
+def nearest(x: Tensor, centres: Tensor) -> Tensor:
+    """The index of each row's nearest centre, (N, D), (k, D) -> (N,)."""
+    return torch.cat([torch.cdist(xc, centres).argmin(-1) for xc in torch.split(x, CHUNK)])
+
+
+def squared_distances(points: Tensor, x: Tensor) -> Tensor:
+    """||p_i - x_n||^2, (m, D), (N, D) -> (m, N)."""
+    return torch.cat([torch.cdist(points, xc).pow(2) for xc in torch.split(x, CHUNK)], dim=1)
+
+
+def _mean_variance(x: Tensor) -> Tensor:
+    """The per-feature variance of x (N, D) averaged over features, in two chunked passes."""
+    mean = sum(xc.sum(0, dtype=torch.float64) for xc in torch.split(x, CHUNK)) / x.shape[0]
+    return sum((xc.double() - mean).pow(2).sum(0) for xc in torch.split(x, CHUNK)).mean() / x.shape[0]
