@@ -281,3 +281,9 @@ def test_mdn_samples_have_the_conditional_mixture_mean_and_covariance(covariance
     centred = y - mean[:, None]
     products = centred[..., :, None] * centred[..., None, :]
     mc_agree(products.mean(1), cov, products.std(1) / np.sqrt(n))
+
+
+@pytest.mark.parametrize("bad", [None, 3, ["cosine", "cosine"], ["Cosine"]])
+def test_dagmm_error_features_are_checked(bad):
+    with pytest.raises(ValueError, match="objective.error_features=.* is not allowed; allowed: a list of distinct names"):
+        DAGMMObjective(MLP((X_DIM,), LATENT, (16,)), 2, "full", error_features=bad)

@@ -39,7 +39,7 @@ SHRINK = {
     "experiment=mdn_bishop": "trainer.max_epochs=3",
     "experiment=mdn_mnist_halves": "data.limit_train=2000 data.val_size=500 data.limit_test=500 trainer.max_epochs=1",
     "hparams_search=dagmm": "hydra.sweeper.n_trials=2 trainer.max_epochs=2",
-    "experiment=anomaly": "trainer.max_epochs=3",
+    "experiment=anomaly": "objective.pretrain_epochs=2 trainer.max_epochs=3",
 }
 NEEDS_MNIST = ("mnist",)
 ENV_KEPT = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "DGMM_LAB_DATA_DIR")

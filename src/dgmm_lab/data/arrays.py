@@ -169,6 +169,12 @@ class ArrayDataModule(TensorDataModule):
         if self.anomaly_protocol:
             if int(y.min()) < 0:
                 raise ValueError("data.normal_label needs labels: set data.label")
+            values = sorted({float(v) for v in y.unique().tolist()})
+            shown = ", ".join(f"{v:g}" for v in values[:10]) + (", ..." if len(values) > 10 else "")
+            if isinstance(self.normal_label, bool) or not isinstance(self.normal_label, (int, float)) \
+                    or float(self.normal_label) not in values:
+                raise ValueError(f"data.normal_label={self.normal_label!r} is not a label of "
+                                 f"data.label={self.label!r}; allowed: one of {shown}")
             normal = (y == self.normal_label).nonzero().flatten()
             parts = {name: normal[idx] for name, idx in self.split_indices(len(normal)).items()}
             parts["test"] = torch.cat([parts["test"], (y != self.normal_label).nonzero().flatten()])

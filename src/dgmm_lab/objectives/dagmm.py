@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from omegaconf import ListConfig
 from torch import Tensor
 
 from ..mixture.density import MixtureDensity
@@ -63,9 +64,12 @@ class DAGMMObjective(Objective):
                  estimation_hidden: int | list[int] = 10, dropout: float = 0.5,
                  error_features: list[str] = ("log_euclidean", "cosine")):
         super().__init__()
-        error_features = [error_features] if isinstance(error_features, str) else list(error_features)
-        unknown = [f for f in error_features if f not in ERROR_FEATURES]
-        if unknown or len(set(error_features)) != len(error_features):
+        if isinstance(error_features, str):
+            error_features = [error_features]
+        valid = isinstance(error_features, (list, tuple, ListConfig))
+        error_features = list(error_features) if valid else error_features
+        if not valid or any(f not in ERROR_FEATURES for f in error_features) \
+                or len(set(error_features)) != len(error_features):
             raise ValueError(f"objective.error_features={error_features!r} is not allowed; allowed: a list of "
                              f"distinct names of {', '.join(ERROR_FEATURES)} (may be empty)")
         self.backbone = backbone
