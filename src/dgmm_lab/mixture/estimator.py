@@ -39,7 +39,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     Dtypes, as scikit-learn's (since 1.7): float32 input is computed in float32 and float64
     input in float64 (other input becomes float64); whatever the products' dtype, the
     statistics are summed and the M-step is solved in float64. The fitted attributes, scores
-    and probabilities have the input's dtype.
+    and probabilities are float32 where both the fit and the input are, float64 otherwise.
 
     Attributes after ``fit`` (numpy, the input's dtype), K = n_components, D = n_features_in_:
     weights_ (K,); means_ (K, D); covariances_, precisions_, precisions_cholesky_: full
@@ -218,13 +218,16 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     def _in_chunks(self, method: str, x: torch.Tensor) -> np.ndarray:
         # rows in chunks keep the (rows, K, D) intermediates in cache: several times faster
-        dtype = self._compute_dtype(x)
+        # as scikit-learn: float32 answers only when both the input and the fit are float32
+        fitted = torch.float32 if self.means_.dtype == np.float32 else torch.float64
+        dtype = getattr(torch, self.compute_dtype) if self.compute_dtype else torch.promote_types(x.dtype, fitted)
         fn = getattr(self._mixture.to(dtype), method)
         out = None  # filled in place: a list of chunks and their concatenation would be twice the answer
         for start in range(0, x.shape[0], _CHUNK):
             part = fn(x[start:start + _CHUNK].to(dtype))
             if out is None:
-                out = part.new_empty((x.shape[0], *part.shape[1:]), dtype=part.dtype if method == "predict" else x.dtype)
+                answer = part.dtype if method == "predict" else torch.promote_types(x.dtype, fitted)
+                out = part.new_empty((x.shape[0], *part.shape[1:]), dtype=answer)
             out[start:start + len(part)] = part
         return out.cpu().numpy()
 
