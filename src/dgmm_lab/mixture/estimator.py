@@ -38,8 +38,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     Dtypes, as scikit-learn's (since 1.7): float32 input is computed in float32 and float64
     input in float64 (other input becomes float64); whatever the products' dtype, the
-    statistics are summed and the M-step is solved in float64. The fitted attributes, scores
-    and probabilities are float32 where both the fit and the input are, float64 otherwise.
+    statistics are summed and the M-step is solved in float64. The fitted attributes have the
+    fit's input dtype; scores and probabilities are float32 where both the fit and the input
+    are, float64 otherwise.
 
     Attributes after ``fit`` (numpy, the input's dtype), K = n_components, D = n_features_in_:
     weights_ (K,); means_ (K, D); covariances_, precisions_, precisions_cholesky_: full
