@@ -67,7 +67,7 @@ def _sq_mahalanobis_full(x: Tensor, means: Tensor, prec_chol: Tensor, x_sq=None)
     factors = prec_chol.permute(1, 0, 2).reshape(d, k * d)
     rows = max(1, FULL_PRODUCT_ELEMENTS // (k * d))
     parts = []
-    for xc in torch.split(x, rows) if n > rows else (x,):
+    for xc in torch.split(x, rows):
         y = torch.addmm(-mp, xc, factors)
         y = y.square() if y.requires_grad else y.square_()
         parts.append(y.view(len(xc), k, d).sum(-1))

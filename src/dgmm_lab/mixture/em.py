@@ -18,7 +18,7 @@ from torch import Tensor
 
 from .covariances import stable_precision_cholesky
 from .density import MixtureDensity, precision_cholesky_from_covariance
-from .kmeans import kmeans_plus_plus, lloyd
+from .kmeans import CHUNK, kmeans_plus_plus, lloyd
 
 # as scikit-learn: keeps an emptied component's weight and mean finite
 _NK_EPS = 10 * torch.finfo(torch.float64).eps
@@ -231,7 +231,7 @@ def initial_responsibilities(x: Tensor, k: int, method: str,
 
 
 def stats_from_responsibilities(x: Tensor, resp: Tensor, shift: Tensor,
-                                covariance_type: str, chunk_size: int = 2**16) -> SufficientStats:
+                                covariance_type: str, chunk_size: int = CHUNK) -> SufficientStats:
     """Statistics for given responsibilities resp (N, K) of x (N, D) (to turn an init into
     parameters), ``chunk_size`` rows at a time in float64: no (N, K, D) array, and x is
     never copied whole. Rows need not sum to one: the tied second moment weights each
@@ -269,7 +269,7 @@ def initial_mixture(x: Tensor, k: int, covariance_type: str, method: str, genera
         if n_init == 1:
             return result
         score = float(torch.cat([result.mixture(covariance_type).log_prob(xc.double())
-                                 for xc in torch.split(x, 2**16)]).mean())
+                                 for xc in torch.split(x, CHUNK)]).mean())
         if best is None or score > best_score:
             best, best_score = result, score
     return best

@@ -221,14 +221,15 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         # rows in chunks keep the (rows, K, D) intermediates in cache: several times faster
         # as scikit-learn: float32 answers only when both the input and the fit are float32
         fitted = torch.float32 if self.means_.dtype == np.float32 else torch.float64
-        dtype = getattr(torch, self.compute_dtype) if self.compute_dtype else torch.promote_types(x.dtype, fitted)
+        answer = torch.promote_types(x.dtype, fitted)
+        dtype = getattr(torch, self.compute_dtype) if self.compute_dtype else answer
         fn = getattr(self._mixture.to(dtype), method)
         out = None  # filled in place: a list of chunks and their concatenation would be twice the answer
         for start in range(0, x.shape[0], _CHUNK):
             part = fn(x[start:start + _CHUNK].to(dtype))
             if out is None:
-                answer = part.dtype if method == "predict" else torch.promote_types(x.dtype, fitted)
-                out = part.new_empty((x.shape[0], *part.shape[1:]), dtype=answer)
+                shape = (x.shape[0], *part.shape[1:])
+                out = part.new_empty(shape, dtype=part.dtype if method == "predict" else answer)
             out[start:start + len(part)] = part
         return out.cpu().numpy()
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+# rows at a time in the whole-data passes (here and in em.py's init): their temporaries stay
+# small beside a large x
+CHUNK = 2**16
+
 
 def kmeans_plus_plus(x: Tensor, k: int, generator: torch.Generator,
                      n_local_trials: int | None = None) -> tuple[Tensor, Tensor]:
@@ -53,9 +57,6 @@ def lloyd(x: Tensor, centres: Tensor, max_iter: int = 300, tol: float = 1e-4) ->
             break
     return centres, labels
 
-
-# rows at a time in the whole-data passes: their temporaries stay small beside a large x
-CHUNK = 2**16
 
 
 def nearest(x: Tensor, centres: Tensor) -> Tensor:

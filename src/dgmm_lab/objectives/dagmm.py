@@ -1,16 +1,18 @@
 """DAGMM (Zong et al., ICLR 2018): a compression network (autoencoder) and an estimation
 network (amortised memberships) trained jointly.
 
-z = [code, reconstruction-error features]; gamma = softmax(estimation net(z)); the mixture is the gamma-weighted moments of the batch (summed over
-processes); loss = reconstruction + lambda_energy * mean energy + lambda_cov * sum 1/Sigma_dd.
-At evaluation the mixture is estimated over the whole training set with the current
-networks (``fit_training_set``, before every validation), not from one batch.
+z = [code, reconstruction-error features]; gamma = softmax(estimation net(z)); the mixture
+is the gamma-weighted moments of the batch (summed over processes); loss = reconstruction +
+lambda_energy * mean energy + lambda_cov * sum 1/Sigma_dd. At evaluation the mixture is
+estimated over the whole training set with the current networks (``fit_training_set``,
+before every validation), not from one batch.
 
 The error features: the paper's relative Euclidean error ||x - x_hat|| / ||x|| and cosine
 similarity fit inputs in [0, 1]. On standardised (centred) data ||x|| is itself large for an
-anomaly, so the relative error is smaller for anomalies than for normals (AUROC 0.41 on
-cardio) and the energy ranks them by chance (0.52-0.68 over seeds). The log absolute error,
-log ||x - x_hat||, keeps the signal (the default; the paper's pair is ``experiment=dagmm_paper``).
+anomaly, so the relative error is smaller for anomalies than for normals (AUROC 0.36-0.41
+on cardio) and the energy ranks them by chance (0.48-0.68 over seeds). The log absolute
+error, log ||x - x_hat||, keeps the signal (the default; the paper's pair is
+``experiment=dagmm_paper``).
 """
 
 from __future__ import annotations
@@ -48,8 +50,8 @@ class DAGMMObjective(Objective):
     """DAGMM's loss; log_prob is -energy, the log-density of z under the training-set mixture.
 
     backbone: an autoencoder (mlp, conv, resnet) whose code plus the ``error_features`` (names
-    of ERROR_FEATURES) is z (N, latent_dim + len(error_features)); lambda_energy, lambda_cov weigh the energy and the inverse-
-    covariance penalty; estimation_hidden (a width or a list of widths) and dropout shape the
+    of ERROR_FEATURES) is z (N, latent_dim + len(error_features)); lambda_energy, lambda_cov
+    weigh the energy and the inverse-covariance penalty; estimation_hidden (a width or a list of widths) and dropout shape the
     estimation network.
     """
 
