@@ -59,6 +59,26 @@ def test_full_second_moments_gathered_or_dense_equal_the_definition(zero_fractio
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("cov_type", COVARIANCE_TYPES)
+@pytest.mark.parametrize("compute_dtype", [torch.float32, torch.float64])
+def test_the_e_step_loop_never_waits_on_the_device(cov_type, compute_dtype):
+    """The E-step over batches as it runs off the CPU, here on torch's "meta" device: tensors
+    without data, where any host synchronisation (.item(), bool(tensor), float(tensor),
+    nonzero, a copy to the host) raises.  Several batches and chunks, as on a GPU."""
+    k, d = 3, 5
+    factor = {"full": torch.eye(d).expand(k, d, d), "tied": torch.eye(d), "diag": torch.ones(k, d),
+              "spherical": torch.ones(k)}[cov_type]
+    meta = dict(device="meta", dtype=torch.float64)
+    mixture = em.MixtureDensity(torch.empty(k, **meta), torch.empty(k, d, **meta), factor.to(**meta), cov_type)
+    stats = em.SufficientStats.zeros(k, d, cov_type, device="meta")
+    for batch in torch.empty(3000, d, **meta).split(1000):
+        log_p = em.accumulate(stats, batch, mixture, torch.empty(d, **meta), compute_dtype, chunk_size=256)
+        assert log_p.shape == (1000,)
+    assert stats.sxx.shape == {"full": (k, d, d), "tied": (d, d)}.get(cov_type, (k, d))
+    with pytest.raises(RuntimeError, match="meta"):  # the check itself can fail
+        bool(stats.nk.sum() > 0)
+
+
 def test_float32_products_keep_the_likelihood():
     x = DATASETS["blobs"]
     init = shared_init(x, 3, "full")

@@ -9,16 +9,20 @@ from conftest import ROOT
 
 
 @pytest.mark.slow
-def test_bench_em_prints_a_row_with_equal_log_likelihoods():
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_em.py"), "--cases", "synthetic-diag",
+def test_bench_em_prints_a_row_with_equal_log_likelihoods_and_its_roofline():
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_em.py"), "--cases", "synthetic-full",
                              "--iters", "2", "--repeats", "1", "--threads", "1"],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    row = next(line for line in result.stdout.splitlines() if line.startswith("| synthetic-diag"))
+    row = next(line for line in result.stdout.splitlines() if line.startswith("| synthetic-full"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1] == "200000 x 32, 16" and cells[2] == "1"
-    assert all(float(cells[i]) > 0 for i in (3, 4, 5))  # seconds
-    assert abs(float(cells[9])) < 1e-8 and abs(float(cells[10])) < 1e-4  # float64 / float32 vs scikit-learn
+    assert all(float(cells[i]) > 0 for i in (3, 4, 6, 7))  # seconds
+    # ours vs scikit-learn float64, scikit-learn's and our float32 vs it
+    assert abs(float(cells[10])) < 1e-8 and abs(float(cells[11])) < 1e-4 and abs(float(cells[12])) < 1e-4
+    for cell in cells[13:15]:  # "achieved of peak (share)", GFLOP/s
+        achieved, peak = float(cell.split(" of ")[0]), float(cell.split(" of ")[1].split()[0])
+        assert 0 < achieved and 0 < peak and cell.endswith("%)")
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import em
+from .rows import MappedRows, batches, mapped, take
 from .density import (
     COVARIANCE_TYPES,
     MixtureDensity,
@@ -25,6 +26,8 @@ from .density import (
 
 INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
 _CHUNK = 4096
+# start values of a memory-mapped X come from at most this many rows unless init_max_samples says
+MAPPED_INIT_SAMPLES = 2**17
 
 
 class GaussianMixture(DensityMixin, BaseEstimator):
@@ -35,6 +38,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     ``compute_dtype`` (None: the input's dtype; "float32" or "float64" overrides it);
     ``init_max_samples`` (start values from at most this many random rows, None for all:
     k-means on a sample costs a fraction of a pass over a large X; EM runs on every row).
+
+    X may be memory-mapped (an ``np.memmap``, ``np.load(path, mmap_mode="r")``, or the path
+    of a ``.npy`` file): it is then read ``batch_size`` rows at a time and never held whole
+    (see ``rows.py``), the start values come from ``init_max_samples`` random rows (by
+    default ``MAPPED_INIT_SAMPLES``), and the fit equals the in-memory one on the same rows.
 
     Dtypes, as scikit-learn's (since 1.7): float32 input is computed in float32 and float64
     input in float64 (other input becomes float64); whatever the products' dtype, the
@@ -96,11 +104,34 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     def _tensor(self, a) -> torch.Tensor:
         return torch.as_tensor(np.asarray(a, dtype=np.float64), device=self.device)
 
-    def _to_tensor(self, X, reset: bool) -> torch.Tensor:
+    def _to_tensor(self, X, reset: bool) -> torch.Tensor | MappedRows:
+        rows = mapped(X, self.device)
+        if rows is not None:
+            return self._checked_mapped(rows, reset)
         if isinstance(X, torch.Tensor):
             X = X.detach().cpu().numpy()
         X = validate_data(self, X, reset=reset, dtype=[np.float64, np.float32], ensure_min_samples=1)
         return torch.as_tensor(np.require(X, requirements="W"), device=self.device)
+
+    def _checked_mapped(self, rows: MappedRows, reset: bool) -> MappedRows:
+        """scikit-learn's checks of X, without reading it: its values are checked as they are
+        read (``MappedRows``)."""
+        n, d = rows.shape
+        if n < 1 or d < 1:
+            raise ValueError(f"Found array with shape {rows.shape}: at least 1 sample and 1 feature are required")
+        if reset:
+            self.n_features_in_ = d
+        elif d != self.n_features_in_:
+            raise ValueError(f"X has {d} features, but {type(self).__name__} is expecting "
+                             f"{self.n_features_in_} features as input.")
+        return rows
+
+    @staticmethod
+    def _mean(x: torch.Tensor | MappedRows) -> torch.Tensor:
+        """The mean of x's rows in float64 (D,), summed in the same blocks in memory and
+        mapped: a whole-array reduction rounds differently, and float32 products on rows
+        centred by a shift one unit in the last place off differ by ~1e-9."""
+        return sum(xb.sum(0, dtype=torch.float64) for xb in batches(x, 2**16)) / len(x)
 
     # ------------------------------------------------------------------ fitting
     def fit(self, X, y=None):
@@ -109,10 +140,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         n, d = x.shape
         self._check_parameters(n)
         seed = self.random_state if isinstance(self.random_state, (int, np.integer)) else None
-        generator = torch.Generator(device=x.device)
+        generator = torch.Generator(device=self.device)
         generator.manual_seed(int(seed) if seed is not None else
                               int(np.random.default_rng(self.random_state).integers(2**31)))
-        shift = x.mean(0, dtype=torch.float64)
+        shift = self._mean(x)
         warm = self.warm_start and hasattr(self, "converged_")
         best = None
         for _ in range(1 if warm else self.n_init):
@@ -139,10 +170,15 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             prec_chol = precision_cholesky_from_precision(self._tensor(self.precisions_init),
                                                           self.covariance_type)
             return MixtureDensity(weights.log(), means, prec_chol, self.covariance_type)
+        limit = self.init_max_samples
+        if limit is None and isinstance(x, MappedRows):
+            limit = MAPPED_INIT_SAMPLES
         sample = x
-        if self.init_max_samples is not None and self.init_max_samples < x.shape[0]:
-            rows = torch.randperm(x.shape[0], generator=generator, device=x.device)[:self.init_max_samples]
-            sample = x[rows.sort().values]
+        if limit is not None and limit < x.shape[0]:
+            rows = torch.randperm(x.shape[0], generator=generator, device=generator.device)[:limit]
+            sample = take(x, rows.sort().values)
+        elif isinstance(x, MappedRows):
+            sample = take(x, torch.arange(x.shape[0]))
         r = em.initial_mixture(sample, self.n_components, self.covariance_type, self.init_params, generator,
                                self.reg_covar, shift=shift)
         weights, means, prec_chol = r.weights, r.means, r.precisions_cholesky
@@ -168,7 +204,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                                                     self.batch_size)
             if result.empty_components:
                 worst = em.WorstPoints(len(result.empty_components))
-                worst.update(x, log_p)
+                pairs = zip(batches(x, _CHUNK), torch.split(log_p, _CHUNK)) if isinstance(x, MappedRows) \
+                    else [(x, log_p)]
+                for xb, lb in pairs:
+                    worst.update(xb, lb)
                 warnings.warn(f"components {result.empty_components} lost all their mass "
                               "and were re-seeded at the worst-explained points")
                 result = em.reseed_empty(result, worst.points, self.covariance_type)
@@ -225,8 +264,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         dtype = getattr(torch, self.compute_dtype) if self.compute_dtype else answer
         fn = getattr(self._mixture.to(dtype), method)
         out = None  # filled in place: a list of chunks and their concatenation would be twice the answer
-        for start in range(0, x.shape[0], _CHUNK):
-            part = fn(x[start:start + _CHUNK].to(dtype))
+        for start, xc in zip(range(0, x.shape[0], _CHUNK), batches(x, _CHUNK)):
+            part = fn(xc.to(dtype))
             if out is None:
                 shape = (x.shape[0], *part.shape[1:])
                 out = part.new_empty(shape, dtype=part.dtype if method == "predict" else answer)
@@ -265,11 +304,12 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     def bic(self, X):
         """Bayesian information criterion on X (n_samples, n_features); lower is better."""
-        return -2 * self.score(X) * len(X) + self._n_parameters() * math.log(len(X))
+        log_p = self.score_samples(X)
+        return -2 * float(log_p.sum()) + self._n_parameters() * math.log(len(log_p))
 
     def aic(self, X):
         """Akaike information criterion on X (n_samples, n_features); lower is better."""
-        return -2 * self.score(X) * len(X) + 2 * self._n_parameters()
+        return -2 * float(self.score_samples(X).sum()) + 2 * self._n_parameters()
 
     def _n_parameters(self) -> int:
         return self._mixture.n_parameters()
