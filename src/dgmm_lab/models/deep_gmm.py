@@ -21,6 +21,7 @@ from ..nets.feature_extractor import FeatureExtractor
 from ..objectives.base import Objective
 from .base import MixtureModule
 from .pretraining import pretrain
+from .step_window import StepWindow
 
 
 class DeepGMM(MixtureModule):
@@ -74,19 +75,32 @@ class DeepGMM(MixtureModule):
 
     def on_train_epoch_start(self) -> None:
         self._epoch_start = time.perf_counter()
+        self._window = StepWindow()
 
     def training_step(self, batch, batch_idx):
         x, y = batch
         loss, parts = self.objective.loss(x, reduce=all_reduce_with_grad, target=y if self.conditional else None)
-        if not torch.isfinite(loss):
+        self._window.add(self.global_step, {"loss": loss, **parts})
+        # Lightning writes on-step values at these steps; the epoch's last batch comes before
+        # the epoch's checkpoint.  On the CPU reading the loss costs nothing, so it is checked
+        # every step: a checkpoint every few steps never holds the step after a bad one.
+        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0 \
+                or batch_idx + 1 == self.trainer.num_training_batches \
+                or (loss.device.type == "cpu" and not torch.isfinite(loss)):
+            self._log_window()
+        return loss
+
+    def _log_window(self) -> None:
+        latest, bad = self._window.flush()
+        if bad is not None:
+            step, values = bad
+            loss = values.pop("loss")
             raise FloatingPointError(
-                f"non-finite loss {loss.item()} at epoch {self.current_epoch}, step "
-                f"{self.global_step} (parts: { {k: v.item() for k, v in parts.items()} }); "
+                f"non-finite loss {loss} at epoch {self.current_epoch}, step {step} (parts: {values}); "
                 "training stopped before anything was saved: lower model.optimizer.lr, raise "
                 "objective.min_scale (where the objective has it) or set trainer.gradient_clip_val")
-        self.log("train/loss", loss, prog_bar=True)
-        self.log_dict({f"train/{k}": v for k, v in parts.items()})
-        return loss
+        self.log("train/loss", latest.pop("loss"), prog_bar=True)
+        self.log_dict({f"train/{k}": v for k, v in latest.items()})
 
     def on_validation_epoch_start(self) -> None:
         """Objectives whose evaluation mixture is estimated from the training set (DAGMM)

@@ -12,9 +12,11 @@ import math
 import statistics
 from pathlib import Path
 
-from .. import viz  # noqa: F401  (selects the headless backend)
+import matplotlib
+
 from .table import SCALE_DEPENDENT, Group, direction
 
+matplotlib.use("Agg")  # headless, as viz.py; not viz itself: it loads torch, which a report needs not
 import matplotlib.pyplot as plt  # noqa: E402
 
 PANEL_CHOICES = ("experiment", "model", "backbone", "objective")
