@@ -114,6 +114,26 @@ def test_float32_input_computes_and_answers_in_float32_as_scikit_learn(cov_type)
     assert GaussianMixture(3, compute_dtype="float64", **kwargs).fit(x32).means_.dtype == np.float32
 
 
+def test_restarts_run_in_one_pass_and_each_equals_its_own_fit():
+    """n_init restarts share each pass over the data; each restart's result is the one it
+    gets alone from the same start (different iteration counts included), the best is kept."""
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.normal(4.0 * c, 1.0 + c / 3, size=(400, 3)) for c in range(4)])
+    est = GaussianMixture(4, n_init=4, init_params="random", random_state=0, tol=1e-6, max_iter=200)
+    est._check_parameters(len(x))
+    xt, generator = torch.as_tensor(x), torch.Generator().manual_seed(0)
+    shift = est._mean(xt)
+    starts = [est._initial_mixture(xt, shift, generator) for _ in range(4)]
+    together = est._run_em(xt, starts, shift)
+    alone = [est._run_em(xt, [start], shift)[0] for start in starts]
+    assert len({run["n_iter"] for run in together}) > 1  # restarts stop at different iterations
+    for a, b in zip(together, alone):
+        assert (a["n_iter"], a["converged"], a["lower_bound"]) == (b["n_iter"], b["converged"], b["lower_bound"])
+        assert torch.equal(a["mixture"].means, b["mixture"].means)
+    fitted = est.fit(x)
+    assert fitted.lower_bound_ == max(run["lower_bound"] for run in alone)
+
+
 def test_start_values_from_a_sample_of_rows():
     """k-means on 60 of 3000 rows finds well-separated clusters as well as on all of them."""
     rng = np.random.default_rng(0)

@@ -164,6 +164,21 @@ def test_resuming_with_other_settings_is_one_line_and_changes_nothing(interrupte
     assert snapshot(run_dir) == before
 
 
+def test_resuming_past_a_smaller_max_epochs_is_one_line_and_changes_nothing(interrupted_run, tmp_path):
+    """Lightning refuses a checkpoint past trainer.max_epochs with a traceback: said first."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(interrupted_run, run_dir)
+    before = snapshot(run_dir)
+    shorter = [a for a in DEEP_LONG if not a.startswith("trainer.max_epochs=")] + ["trainer.max_epochs=1"]
+    again = train([*shorter, f"hydra.run.dir={run_dir}"], tmp_path)
+    assert again.returncode == 2 and "Traceback" not in again.stderr, again.stderr[-2000:]
+    (line,) = error_lines(again.stderr)
+    assert line.startswith("dgmm_lab: error: trainer.max_epochs=1 is below the ") and "resume=false" in line, line
+    trained = int(line.split("is below the ")[1].split()[0])
+    assert trained >= 2 and f"trainer.max_epochs >= {trained}" in line
+    assert snapshot(run_dir) == before
+
+
 def test_without_a_run_dir_the_interruption_names_the_dir_to_resume(tmp_path):
     proc = start(DEEP_LONG, tmp_path)
     runs = tmp_path / "outputs" / "train" / "runs"
@@ -273,6 +288,21 @@ def test_evaluate_without_checkpoint_is_one_line(tmp_path):
     assert ev.returncode == 2 and ev.stderr.strip() == (
         "dgmm_lab: error: ckpt_path is required; usage: python -m dgmm_lab.evaluate "
         "ckpt_path=CHECKPOINT [output_dir=DIR] [key=value ...]")
+
+
+def test_evaluating_on_data_of_another_shape_is_one_line_and_writes_nothing(tmp_path):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "five.npy", rng.normal(size=(300, 5)))
+    np.save(tmp_path / "three.npy", rng.normal(size=(300, 3)))
+    run_dir = tmp_path / "run"
+    assert train(["model=em_gmm", "k=2", "data=array", "data.path=five.npy", f"hydra.run.dir={run_dir}"],
+                 tmp_path).returncode == 0
+    ev = subprocess.run([sys.executable, "-m", "dgmm_lab.evaluate", f"ckpt_path={run_dir}", "data.path=three.npy"],
+                        cwd=tmp_path, capture_output=True, text=True)
+    assert ev.returncode == 2 and "Traceback" not in ev.stderr, ev.stderr[-2000:]
+    (line,) = error_lines(ev.stderr)
+    assert "data.path=three.npy gives samples of shape (3,)" in line and "trained on samples of shape (5,)" in line
+    assert not (run_dir / "eval").exists()
 
 
 @pytest.mark.parametrize("module", ["evaluate", "report"])

@@ -36,6 +36,13 @@ def check_composes(argv: list[str]) -> None:
         return  # --help, --cfg, ...: Hydra's own business
     overrides = [a for a in argv if a not in FLAGS]
     points = [first_point(a) for a in overrides]
+    if not any(a in FLAGS for a in argv):
+        swept = next((a for a, p in zip(overrides, points) if p != a and not a.lstrip("+~").startswith("hydra")), None)
+        if swept is not None:
+            key, value = swept.split("=", 1)
+            listed = "" if value.endswith(")") else f", {key}=[{value}] (a list) or {key}='{value}' (a string)"
+            raise ConfigError(f"{swept} sweeps over values, which runs only with -m; allowed: {swept} -m "
+                              f"(a job each){listed}")
     try:
         cfg = compose([p for p in points if p is not None], with_hydra=True)
     except ConfigError:

@@ -73,6 +73,11 @@ def evaluate(ckpt: Path, overrides: list[str], output_dir: Path | None = None) -
     torch.set_num_threads(cfg.num_threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, model = build(cfg)
+    trained_on = (content.get("dgmm_lab_inputs") or {}).get("transform", {}).get("input_shape")
+    if trained_on is not None and tuple(trained_on) != tuple(datamodule.input_shape):
+        changed = " ".join(o for o in overrides if o.startswith("data")) or "the run's data"
+        raise ConfigError(f"{changed} gives samples of shape {tuple(datamodule.input_shape)}, and {ckpt} was trained "
+                          f"on samples of shape {tuple(trained_on)}; allowed: data with the training's shape")
     model.load_state_dict(content["state_dict"])
     trainer = pl.Trainer(accelerator=cfg.trainer.get("accelerator", "cpu"), devices=1, logger=False,
                          enable_progress_bar=False, enable_model_summary=False)

@@ -50,7 +50,8 @@ def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
     """ckpt_path=..., else the run dir's last.ckpt when resuming; checked before it is trusted,
     and refused when it was trained with other settings than this command's."""
     if cfg.get("ckpt_path") is not None:
-        check_checkpoint(Path(cfg.ckpt_path), "ckpt_path")
+        content = check_checkpoint(Path(cfg.ckpt_path), "ckpt_path")
+        _check_epochs_left(content, cfg, f"ckpt_path={cfg.ckpt_path}", "or another checkpoint")
         return str(cfg.ckpt_path)
     last = output_dir / "checkpoints" / "last.ckpt"
     if not cfg.get("resume", True) or not last.exists():
@@ -62,8 +63,19 @@ def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
         more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
         raise ConfigError(f"resume: {last} was trained with {shown}{more}; resume it with its own settings, "
                           "or train these with resume=false (moves the old results aside) or another hydra.run.dir")
+    _check_epochs_left(content, cfg, str(last), "or resume=false to start afresh (moves the old results aside)")
     log.info("resuming from %s", last)
     return str(last)
+
+
+def _check_epochs_left(content: dict, cfg: DictConfig, what: str, otherwise: str) -> None:
+    """Lightning refuses (with a traceback) to resume a checkpoint past trainer.max_epochs."""
+    loops = content.get("loops", {}).get("fit_loop", {})
+    trained = loops.get("epoch_progress", {}).get("current", {}).get("completed", content.get("epoch"))
+    max_epochs = cfg.get("trainer", {}).get("max_epochs")
+    if isinstance(trained, int) and isinstance(max_epochs, int) and max_epochs != -1 and trained > max_epochs:
+        raise ConfigError(f"trainer.max_epochs={max_epochs} is below the {trained} epochs {what} has trained; "
+                          f"allowed: trainer.max_epochs >= {trained} to resume it, {otherwise}")
 
 
 def config_differences(saved: dict | None, current: dict) -> list[tuple[str, object, object]]:

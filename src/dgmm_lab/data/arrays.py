@@ -185,7 +185,8 @@ class ArrayDataModule(TensorDataModule):
         self.facts = self._check_columns(x[parts["train"]].numpy())
         offset, scale = self._fit_scaling(x[parts["train"]])
         self.offset, self.scale = offset, scale
-        return {name: TensorDataset(((x[idx] - offset) / scale).float(), y[idx]) for name, idx in parts.items()}
+        # each split gathered once and scaled in place (the same float64 arithmetic), then float32
+        return {name: TensorDataset(x[idx].sub_(offset).div_(scale).float(), y[idx]) for name, idx in parts.items()}
 
     def input_transform(self) -> InputTransform:
         """The file's feature columns -> the model's inputs, with the training split's scaling."""

@@ -285,12 +285,23 @@ def em_step(x: Tensor | MappedRows, mixture: MixtureDensity, shift: Tensor, reg_
     """One EM iteration on x (N, D), in memory or mapped, the E-step ``batch_size`` rows at a
     time (by default ``batch_rows``): (M-step result, mean log-likelihood under ``mixture``,
     log p(x) (N,)). Emptied components are left to the caller (``reseed_empty``)."""
-    k, d = mixture.n_components, x.shape[1]
-    stats = SufficientStats.zeros(k, d, mixture.covariance_type, device=shift.device)
-    rows = batch_size or batch_rows(k, d, mixture.covariance_type)
-    log_p = torch.cat([accumulate(stats, xb, mixture, shift, compute_dtype) for xb in batches(x, rows)])
-    lower_bound = float(stats.log_likelihood / stats.n_samples)
-    return m_step(stats, shift, mixture.covariance_type, reg_covar), lower_bound, log_p
+    return em_steps(x, [mixture], shift, reg_covar, compute_dtype, batch_size)[0]
+
+
+def em_steps(x: Tensor | MappedRows, mixtures: list[MixtureDensity], shift: Tensor, reg_covar: float = 1e-6,
+             compute_dtype: torch.dtype = torch.float64,
+             batch_size: int | None = None) -> list[tuple[MStepResult, float, Tensor]]:
+    """One EM iteration of each mixture (restarts of one fit) in one pass over x: each batch
+    is read once for all of them, and each gets exactly ``em_step``'s answer."""
+    k, d = mixtures[0].n_components, x.shape[1]
+    cov_type = mixtures[0].covariance_type
+    stats = [SufficientStats.zeros(k, d, cov_type, device=shift.device) for _ in mixtures]
+    log_p = [[] for _ in mixtures]
+    for xb in batches(x, batch_size or batch_rows(k, d, cov_type)):
+        for s, mixture, parts in zip(stats, mixtures, log_p):
+            parts.append(accumulate(s, xb, mixture, shift, compute_dtype))
+    return [(m_step(s, shift, cov_type, reg_covar), float(s.log_likelihood / s.n_samples), torch.cat(parts))
+            for s, parts in zip(stats, log_p)]
 
 
 def batch_rows(k: int, d: int, covariance_type: str) -> int:

@@ -145,10 +145,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                               int(np.random.default_rng(self.random_state).integers(2**31)))
         shift = self._mean(x)
         warm = self.warm_start and hasattr(self, "converged_")
+        starts = [self._previous_mixture()] if warm else \
+            [self._initial_mixture(x, shift, generator) for _ in range(self.n_init)]
         best = None
-        for _ in range(1 if warm else self.n_init):
-            mixture = self._previous_mixture() if warm else self._initial_mixture(x, shift, generator)
-            result = self._run_em(x, mixture, shift)
+        for result in self._run_em(x, starts, shift):  # the first of equals, as scikit-learn
             if best is None or result["lower_bound"] > best["lower_bound"]:
                 best = result
         self._set_fitted(best, x.dtype)
@@ -195,29 +195,36 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         return MixtureDensity(self._tensor(self.weights_).log(), self._tensor(self.means_),
                               self._tensor(self.precisions_cholesky_), self.covariance_type)
 
-    def _run_em(self, x, mixture, shift) -> dict:
+    def _run_em(self, x, mixtures: list[MixtureDensity], shift) -> list[dict]:
+        """EM from each start (``n_init`` restarts) in lockstep: each iteration reads x once
+        for all restarts still running; each restart's iterates are those of its own fit."""
         compute_dtype = self._compute_dtype(x)
-        lower_bound, converged, n_iter = -math.inf, False, 0
+        runs = [dict(mixture=m, lower_bound=-math.inf, converged=False, n_iter=0) for m in mixtures]
         for n_iter in range(1, self.max_iter + 1):
-            previous = lower_bound
-            result, lower_bound, log_p = em.em_step(x, mixture, shift, self.reg_covar, compute_dtype,
-                                                    self.batch_size)
-            if result.empty_components:
-                worst = em.WorstPoints(len(result.empty_components))
-                pairs = zip(batches(x, _CHUNK), torch.split(log_p, _CHUNK)) if isinstance(x, MappedRows) \
-                    else [(x, log_p)]
-                for xb, lb in pairs:
-                    worst.update(xb, lb)
-                warnings.warn(f"components {result.empty_components} lost all their mass "
-                              "and were re-seeded at the worst-explained points")
-                result = em.reseed_empty(result, worst.points, self.covariance_type)
-            mixture = result.mixture(self.covariance_type)
-            if self.verbose:
-                print(f"iteration {n_iter}: mean log-likelihood {lower_bound:.6f}")
-            if abs(lower_bound - previous) < self.tol:
-                converged = True
+            running = [run for run in runs if not run["converged"]]
+            if not running:
                 break
-        return dict(mixture=mixture, lower_bound=lower_bound, converged=converged, n_iter=n_iter)
+            steps = em.em_steps(x, [run["mixture"] for run in running], shift, self.reg_covar, compute_dtype,
+                                self.batch_size)
+            for run, (result, lower_bound, log_p) in zip(running, steps):
+                if result.empty_components:
+                    result = self._reseeded(x, result, log_p)
+                previous = run["lower_bound"]
+                run.update(mixture=result.mixture(self.covariance_type), lower_bound=lower_bound, n_iter=n_iter,
+                           converged=abs(lower_bound - previous) < self.tol)
+                if self.verbose:
+                    print(f"iteration {n_iter}: mean log-likelihood {lower_bound:.6f}")
+        return runs
+
+    def _reseeded(self, x, result, log_p):
+        worst = em.WorstPoints(len(result.empty_components))
+        pairs = zip(batches(x, _CHUNK), torch.split(log_p, _CHUNK)) if isinstance(x, MappedRows) \
+            else [(x, log_p)]
+        for xb, lb in pairs:
+            worst.update(xb, lb)
+        warnings.warn(f"components {result.empty_components} lost all their mass "
+                      "and were re-seeded at the worst-explained points")
+        return em.reseed_empty(result, worst.points, self.covariance_type)
 
     @classmethod
     def from_mixture(cls, mixture: MixtureDensity, n_iter: int = 0, converged: bool = True,
