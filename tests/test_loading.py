@@ -31,3 +31,11 @@ def test_batches_equal_a_per_sample_loader_and_are_gathered_whole(monkeypatch):
     val = list(data.val_dataloader())
     assert torch.equal(torch.cat([x for x, _ in val]), data.splits["val"].tensors[0])  # in order, every row once
     assert per_row_calls == []
+
+
+def test_on_a_cpu_trainer_the_splits_are_views_whatever_on_device_says():
+    for flag in (True, False, "auto"):
+        data = SyntheticDataModule(n_samples=300, on_device=flag)
+        data.setup()
+        rows = data._rows("train", torch.device("cpu"))
+        assert rows.tensors[0].data_ptr() == data.splits["train"].tensors[0].data_ptr()

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 # settings a resumed run may change: how long and where it trains, what it logs
 MAY_CHANGE_ON_RESUME = ("trainer", "paths", "callbacks", "logger", "resume", "ckpt_path", "test", "test_ckpt",
-                        "num_threads", "data.num_workers", "data.eval_batch_size")
+                        "num_threads", "data.num_workers", "data.eval_batch_size", "data.on_device")
 
 
 def finished_run(cfg: DictConfig, output_dir: Path) -> dict | None:

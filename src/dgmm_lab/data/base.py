@@ -3,6 +3,8 @@
 Batches are gathered whole: the sampler's order (epoch-seeded, sharded over processes) is
 unchanged, and each batch is one indexing of each tensor instead of one ``__getitem__``
 per sample and a ``default_collate`` stack (5.1 ms against 0.8 ms per 1024 rows of 118).
+On a GPU the splits stay in its memory when they fit (``on_device``): a batch is then a
+gather on the device, with no copy from the host at all.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ class BatchRows(TensorDataset):
     same values, in the same order, as stacking its samples one by one."""
 
     def __getitems__(self, indices: list[int]) -> list[Tensor]:
-        rows = torch.as_tensor(indices)
+        rows = torch.as_tensor(indices, device=self.tensors[0].device)
         return [t[rows] for t in self.tensors]
 
 
@@ -47,14 +49,23 @@ def as_batch(batch: list[Tensor]) -> list[Tensor]:
     return batch
 
 
+# on_device="auto" keeps a split on the GPU up to this size
+ON_DEVICE_BYTES = 2**30
+
+
 class TensorDataModule(pl.LightningDataModule):
     """Subclasses implement ``load()`` -> (x, labels) or supply their own splits by
-    overriding ``make_splits()``.  Batches are ``(x, y)``."""
+    overriding ``make_splits()``.  Batches are ``(x, y)``.  ``on_device``: keep the splits
+    in the trainer's GPU memory (true, false, or "auto": those up to ``ON_DEVICE_BYTES``)."""
 
     def __init__(self, batch_size: int = 256, eval_batch_size: int | None = None,
                  val_fraction: float = 0.1, test_fraction: float = 0.2, split_seed: int = 0,
-                 num_workers: int = 0):
+                 num_workers: int = 0, on_device: bool | str = "auto"):
         super().__init__()
+        if on_device not in (True, False, "auto"):
+            raise ValueError(f"data.on_device={on_device!r} is not one of true, false, auto")
+        self.on_device = on_device
+        self._device_rows: dict[tuple[str, str], BatchRows] = {}
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or max(batch_size, 1024)
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
@@ -111,10 +122,11 @@ class TensorDataModule(pl.LightningDataModule):
         self.setup()
         size = self.batch_size if split == "train" else self.eval_batch_size
         trainer = self.trainer
-        on_gpu = trainer is not None and trainer.strategy.root_device.type == "cuda"
+        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        dataset = self._rows(split, device)
+        on_gpu = device.type == "cuda" and dataset.tensors[0].device.type == "cpu"
         kwargs = dict(batch_size=size, num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
                       collate_fn=as_batch, pin_memory=on_gpu)  # pinned: the copy to the GPU overlaps
-        dataset = BatchRows(*self.splits[split].tensors)  # a view: no copy of the split
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         if split == "train" and not self.exact_train_shards:
             # shuffled by seed + epoch (Lightning calls set_epoch), so a resumed run sees the
@@ -123,6 +135,18 @@ class TensorDataModule(pl.LightningDataModule):
         else:
             sampler = ShardSampler(dataset, world, rank, shuffle=shuffle, seed=self.split_seed)
         return DataLoader(dataset, sampler=sampler, **kwargs)
+
+    def _rows(self, split: str, device: torch.device) -> BatchRows:
+        """The split as ``BatchRows``: a view of its tensors, or their copy on the GPU."""
+        tensors = self.splits[split].tensors
+        size = sum(t.numel() * t.element_size() for t in tensors)
+        keep = self.on_device is True or (self.on_device == "auto" and size <= ON_DEVICE_BYTES)
+        if device.type == "cpu" or self.num_workers > 0 or not keep:  # workers cannot hand out GPU tensors
+            return BatchRows(*tensors)
+        key = (split, str(device))
+        if key not in self._device_rows:
+            self._device_rows[key] = BatchRows(*(t.to(device) for t in tensors))
+        return self._device_rows[key]
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
