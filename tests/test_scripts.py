@@ -35,3 +35,20 @@ def test_bench_anomaly_refs_scores_sklearn_on_the_projects_splits(odds_dir):
     assert set(rows) == {"sklearn GMM (full)", "IsolationForest"}
     # a single full Gaussian on cardio's split 0, as the project's EM with k=1 scores it (0.945 +- 0.005 over 5)
     assert 0.9 < float(rows["sklearn GMM (full)"].split("|")[3].split("±")[0]) < 0.99
+
+
+@pytest.mark.slow
+def test_bench_throughput_prints_its_table_and_a_profile_that_adds_up(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_throughput.py"), "--rows", "20000",
+                             "--epochs", "2", "--rounds", "1", "--threads", "1"],
+                            capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {cells[1]: cells for cells in ([c.strip() for c in line.strip("|").split("|")]
+                                          for line in result.stdout.splitlines() if line.startswith("| 1 |"))}
+    assert {"plain steps", "plain epoch, per-row loader", "ours (Lightning epoch, end to end)"} <= set(rows)
+    assert rows["plain steps"][3] == "1.00"
+    assert all(float(cells[2].rstrip("k")) > 0 for cells in rows.values())  # samples/s
+    profile = result.stdout.split("Profile of ours (Lightning epoch, end to end)")[1].split("Profile of")[0]
+    shares = [int(line.split("|")[3].strip().rstrip("%")) for line in profile.splitlines() if line.startswith("| ")
+              and line.split("|")[3].strip().endswith("%")]
+    assert len(shares) == 7 and abs(sum(shares) - 100) <= 4 and shares[0] > 20  # the steps dominate
