@@ -36,6 +36,7 @@ CASES = {
     "mnist-pca50-full": dict(data="mnist-pca50", k=10, cov="full"),
     "mnist-784-diag": dict(data="mnist-784", k=10, cov="diag"),
     **{f"synthetic-{c}": dict(data="synthetic", k=16, cov=c) for c in ("full", "diag", "spherical", "tied")},
+    "synthetic-20k-full": dict(data="synthetic-20k", k=16, cov="full"),  # the script's quick check (tests)
 }
 END_TO_END = {
     # sample: the rows ours starts from in the table's third fit (init_max_samples)
@@ -51,6 +52,8 @@ def load(name: str):
         x = np.random.default_rng(0).standard_normal((1_000_000, 64))
         x[:, 0] += np.arange(len(x)) % 64 * 3.0
         return x
+    if name == "synthetic-20k":
+        return load("synthetic")[:20_000]
     if name == "synthetic":
         rng = np.random.default_rng(0)
         centres = rng.normal(scale=3.0, size=(16, 32))
@@ -210,7 +213,8 @@ def end_to_end_table(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    default_cases = [c for c in CASES if c.startswith("synthetic") or os.environ.get("DGMM_LAB_DATA_DIR")]
+    default_cases = [c for c in CASES if (c.startswith("synthetic") or os.environ.get("DGMM_LAB_DATA_DIR"))
+                     and c != "synthetic-20k-full"]
     parser.add_argument("--cases", nargs="+", default=default_cases, choices=list(CASES))
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3,

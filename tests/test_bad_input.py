@@ -33,7 +33,7 @@ def cli(args: list[str], tmp_path):
 
 @pytest.mark.parametrize("args, needles", [
     (["data.batch_size=0"], ["data.batch_size=0 is not allowed", "allowed: an integer >= 1"]),
-    (["data.on_device=maybe"], ["data.on_device='maybe' is not one of true, false, auto"]),
+    (["data.on_device=maybe"], ["data.on_device='maybe' is not allowed", "allowed: true or false, or auto"]),
     (["k=2,3"], ["k=2,3 sweeps over values, which runs only with -m", "k=2,3 -m", "k=[2,3]", "k='2,3'"]),
     (["k=range(2,4)"], ["k=range(2,4) sweeps over values", "allowed: k=range(2,4) -m (a job each)"]),
     (["seed=abc"], ["seed='abc' is not allowed", "allowed: an integer in 0..4294967295"]),

@@ -84,9 +84,24 @@ def test_bad_values_in_a_mapped_x_are_named_by_row(tmp_path):
     gm = GaussianMixture(1).fit(str(path))
     with pytest.raises(ValueError, match="X has 2 features, but GaussianMixture is expecting 3"):
         gm.predict(np.load(path, mmap_mode="r")[:, :2].copy())
-    np.save(path, np.asfortranarray(np.ones((10, 3))))
-    with pytest.raises(ValueError, match="row-major"):
-        GaussianMixture(1).fit(str(path))
+    strided = np.lib.format.open_memmap(tmp_path / "wide.npy", "w+", np.float64, (10, 6))
+    with pytest.raises(ValueError, match="a strided view"):
+        GaussianMixture(1).fit(strided[:, ::2])
+    for name, content in (("x.npz", None), ("x.csv", b"a,b\n1,2\n"), ("junk.npy", b"hello")):
+        if content is not None:
+            (tmp_path / name).write_bytes(content)
+        with pytest.raises(ValueError, match="must name a .npy file|is not a .npy file"):
+            GaussianMixture(1).fit(str(tmp_path / name))
+
+
+def test_a_fortran_ordered_file_is_read_a_batch_at_a_time_as_well(tmp_path):
+    path, fortran = tmp_path / "c.npy", tmp_path / "f.npy"
+    write_blobs(path, 20_000, 5, 3)
+    np.save(fortran, np.asfortranarray(np.load(path)))
+    assert np.load(fortran, mmap_mode="r").flags.f_contiguous
+    ref, got = fit(str(path)), fit(str(fortran))
+    np.testing.assert_array_equal(got.means_, ref.means_)
+    np.testing.assert_array_equal(got.predict_proba(str(fortran)), ref.predict_proba(str(path)))
 
 
 def peak_of_fit(path, k: int, init_rows: int, mapped: bool = True) -> dict:

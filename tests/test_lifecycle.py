@@ -169,14 +169,20 @@ def test_resuming_past_a_smaller_max_epochs_is_one_line_and_changes_nothing(inte
     run_dir = tmp_path / "run"
     shutil.copytree(interrupted_run, run_dir)
     before = snapshot(run_dir)
-    shorter = [a for a in DEEP_LONG if not a.startswith("trainer.max_epochs=")] + ["trainer.max_epochs=1"]
-    again = train([*shorter, f"hydra.run.dir={run_dir}"], tmp_path)
+    # epochs trained, whether SIGTERM's checkpoint came at an epoch's end or within one
+    progress = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["loops"]["fit_loop"]
+    trained = progress["epoch_progress"]["current"]["processed"]
+    shorter = [a for a in DEEP_LONG if not a.startswith("trainer.max_epochs=")]
+    again = train([*shorter, f"trainer.max_epochs={trained - 1}", f"hydra.run.dir={run_dir}"], tmp_path)
     assert again.returncode == 2 and "Traceback" not in again.stderr, again.stderr[-2000:]
     (line,) = error_lines(again.stderr)
-    assert line.startswith("dgmm_lab: error: trainer.max_epochs=1 is below the ") and "resume=false" in line, line
-    trained = int(line.split("is below the ")[1].split()[0])
-    assert trained >= 2 and f"trainer.max_epochs >= {trained}" in line
+    assert line.startswith(f"dgmm_lab: error: trainer.max_epochs={trained - 1} is below the {trained} epochs "), line
+    assert f"trainer.max_epochs >= {trained}" in line and "resume=false" in line, line
     assert snapshot(run_dir) == before
+    # exactly the epochs trained resumes, and finishes with nothing left to train
+    exact = train([*shorter, f"trainer.max_epochs={trained}", f"hydra.run.dir={run_dir}"], tmp_path)
+    assert exact.returncode == 0, exact.stderr[-2000:]
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "finished"
 
 
 def test_without_a_run_dir_the_interruption_names_the_dir_to_resume(tmp_path):

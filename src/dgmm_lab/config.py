@@ -203,6 +203,8 @@ class Range:
             return self.nullable
         if isinstance(value, str) and value in self.words:
             return True
+        if self.kind is bool:
+            return isinstance(value, bool)
         if self.listable and isinstance(value, (list, ListConfig)):
             return len(value) > 0 and all(v is not None and self.allows(v) for v in value)
         if isinstance(value, bool) or not isinstance(value, int if self.kind is int else (int, float)):
@@ -212,6 +214,8 @@ class Range:
         return above and below
 
     def describe(self) -> str:
+        if self.kind is bool:
+            return "true or false" + "".join(f", or {w}" for w in self.words)
         what = "an integer" if self.kind is int else "a number"
         if self.low is not None and self.high is not None:
             if self.kind is int:
@@ -232,7 +236,7 @@ FRACTION = Range(float, 0, 1, open_high=True)
 VALUE_RANGES = {
     "seed": SEED, "num_threads": Range(int, 1),
     "data.batch_size": Range(int, 1), "data.eval_batch_size": Range(int, 1, nullable=True),
-    "data.num_workers": Range(int, 0), "data.split_seed": Range(int),
+    "data.num_workers": Range(int, 0), "data.split_seed": Range(int), "data.on_device": Range(bool, words=("auto",)),
     "data.val_fraction": FRACTION, "data.test_fraction": FRACTION,
     "data.contamination": Range(float, 0, 1, open_low=True, open_high=True, nullable=True),
     "data.n_samples": Range(int, 1), "data.dim": Range(int, 1), "data.n_clusters": Range(int, 1),

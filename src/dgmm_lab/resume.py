@@ -70,8 +70,9 @@ def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
 
 def _check_epochs_left(content: dict, cfg: DictConfig, what: str, otherwise: str) -> None:
     """Lightning refuses (with a traceback) to resume a checkpoint past trainer.max_epochs."""
-    loops = content.get("loops", {}).get("fit_loop", {})
-    trained = loops.get("epoch_progress", {}).get("current", {}).get("completed", content.get("epoch"))
+    # processed counts the epoch a checkpoint is saved at the end of; completed does not yet
+    progress = content.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
+    trained = progress.get("processed", content.get("epoch"))
     max_epochs = cfg.get("trainer", {}).get("max_epochs")
     if isinstance(trained, int) and isinstance(max_epochs, int) and max_epochs != -1 and trained > max_epochs:
         raise ConfigError(f"trainer.max_epochs={max_epochs} is below the {trained} epochs {what} has trained; "

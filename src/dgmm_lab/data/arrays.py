@@ -233,9 +233,9 @@ def _listed(names: list, columns: list[int]) -> str:
 
 
 def _keep_hint(names: list, drop: list[int]) -> str:
-    """' (data.features=[...])' keeping the other columns, when that list is short to type."""
+    """' (data.features=[...])' keeping the other columns, when that list is short enough to type."""
     keep = [names[c] for c in range(len(names)) if c not in drop]
-    if not keep or len(keep) > 12:
+    if not keep or len(keep) > 40:
         return " (data.features=[...])"
     return f" (data.features=[{','.join(str(k) for k in keep)}])"
 

@@ -312,11 +312,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     def bic(self, X):
         """Bayesian information criterion on X (n_samples, n_features); lower is better."""
         log_p = self.score_samples(X)
-        return -2 * float(log_p.sum()) + self._n_parameters() * math.log(len(log_p))
+        return -2 * float(log_p.sum(dtype=np.float64)) + self._n_parameters() * math.log(len(log_p))
 
     def aic(self, X):
         """Akaike information criterion on X (n_samples, n_features); lower is better."""
-        return -2 * float(self.score_samples(X).sum()) + 2 * self._n_parameters()
+        return -2 * float(self.score_samples(X).sum(dtype=np.float64)) + 2 * self._n_parameters()
 
     def _n_parameters(self) -> int:
         return self._mixture.n_parameters()

@@ -21,7 +21,8 @@ from torch import Tensor
 
 
 class MappedRows:
-    """A 2-d, row-major memory-mapped array (N, D) that yields torch batches on ``device``.
+    """A 2-d memory-mapped array (N, D), C- or Fortran-ordered, that yields torch batches on
+    ``device``.
 
     Only float32 and float64 arrays are read as they are; other dtypes are converted batch by
     batch to float64 (as scikit-learn converts them)."""
@@ -29,9 +30,12 @@ class MappedRows:
     def __init__(self, array: np.memmap, device="cpu"):
         if array.ndim != 2:
             raise ValueError(f"a memory-mapped X must be 2-d (n_samples, n_features); got shape {array.shape}")
-        if array.shape[0] and array.strides[1] != array.itemsize:
-            raise ValueError("a memory-mapped X must be row-major (C order) to be read a batch at a time; "
-                             f"its strides are {array.strides}")
+        n, d = array.shape
+        self.column_major = n > 1 and d > 1 and array.strides == (array.itemsize, n * array.itemsize)
+        if n and d > 1 and array.strides[1] != array.itemsize and not self.column_major:
+            raise ValueError(f"a memory-mapped X must be a whole C- or Fortran-ordered array to be read a batch at "
+                             f"a time; its strides are {array.strides} (a strided view): save it with "
+                             "np.save(path, np.ascontiguousarray(X))")
         self.array, self.device = array, torch.device(device)
         self.shape = tuple(array.shape)
         self.dtype = torch.float32 if array.dtype == np.float32 else torch.float64
@@ -74,10 +78,14 @@ class MappedRows:
         if self._map is None:
             return
         base = np.frombuffer(self._map, dtype=np.uint8).ctypes.data
-        first = self.array[start:stop].ctypes.data - base
-        length = (stop - start) * self.array.strides[0]
-        page = (first // mmap.PAGESIZE) * mmap.PAGESIZE
-        self._map.madvise(mmap.MADV_DONTNEED, page, min(first + length - page, len(self._map) - page))
+        rows = self.array[start:stop]
+        if self.column_major:  # the rows are a run in each column
+            runs = [(rows[:, j].ctypes.data - base, (stop - start) * self.array.itemsize) for j in range(rows.shape[1])]
+        else:
+            runs = [(rows.ctypes.data - base, (stop - start) * self.array.strides[0])]
+        for first, length in runs:
+            page = (first // mmap.PAGESIZE) * mmap.PAGESIZE
+            self._map.madvise(mmap.MADV_DONTNEED, page, min(first + length - page, len(self._map) - page))
 
 
 def _underlying_map(array: np.ndarray) -> mmap.mmap | None:
@@ -98,10 +106,20 @@ def _numpy(dtype: torch.dtype):
 def mapped(X, device="cpu") -> MappedRows | None:
     """X as ``MappedRows`` when it is memory-mapped or names a ``.npy`` file; None otherwise."""
     if isinstance(X, (str, PathLike)):
-        X = np.load(X, mmap_mode="r")
+        X = _load_npy(X)
     if isinstance(X, np.memmap):
         return MappedRows(X, device)
     return None
+
+
+def _load_npy(path) -> np.memmap:
+    if not str(path).lower().endswith(".npy"):
+        raise ValueError(f"X={str(path)!r}: a path must name a .npy file (np.save); load other formats "
+                         "into an array first")
+    with open(path, "rb") as f:
+        if f.read(6) != b"\x93NUMPY":
+            raise ValueError(f"X={str(path)!r} is not a .npy file (no NUMPY header)")
+    return np.load(path, mmap_mode="r")
 
 
 def batches(x: Tensor | MappedRows, rows: int) -> Iterator[Tensor]:
