@@ -54,13 +54,15 @@ def plain_dagmm(d: int, k: int = 4):
 
     encoder, decoder = mlp([d, 60, 30, 10, 1]), mlp([1, 10, 30, 60, d])
     estimation = nn.Sequential(nn.Linear(3, 10), nn.Tanh(), nn.Dropout(0.5), nn.Linear(10, k), nn.Softmax(dim=1))
-    return nn.ModuleList([encoder, decoder, estimation]), torch
+    return nn.ModuleList([encoder, decoder, estimation])
 
 
-def plain_step(nets, torch, x, optimizer):
+def plain_step(nets, x, optimizer):
     """One DAGMM step written as the reference writes it: the batch's GMM by broadcast sums,
     then per component an inverse and a Cholesky determinant, the energy by a stabilised
     log-sum-exp; loss = squared reconstruction error + 0.1 energy + 0.005 sum 1/diag(cov)."""
+    import torch
+
     encoder, decoder, estimation = nets
     code = encoder(x)
     rec = decoder(code)
@@ -90,16 +92,16 @@ def plain_step(nets, torch, x, optimizer):
     optimizer.step()
 
 
-def plain_loop(path: str, threads: int, per_row: bool, train_fraction: float, batch: int, epochs: int) -> dict:
+def plain_loop(path: str, threads: int, per_row: bool, n_train: int, batch: int, epochs: int) -> dict:
     import numpy as np
     import torch
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     x = torch.from_numpy(np.load(path)).float()
-    x = x[: int(len(x) * train_fraction)]
+    x = x[:n_train]
     x = (x - x.mean(0)) / x.std(0).clamp_min(1e-12)
-    nets, _ = plain_dagmm(x.shape[1])
+    nets = plain_dagmm(x.shape[1])
     optimizer = torch.optim.Adam(nets.parameters(), lr=1e-4)
     times = []
     for epoch in range(epochs):
@@ -107,13 +109,13 @@ def plain_loop(path: str, threads: int, per_row: bool, train_fraction: float, ba
         if per_row:
             loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), batch_size=batch, shuffle=True)
             for (xb,) in loader:
-                plain_step(nets, torch, xb, optimizer)
+                plain_step(nets, xb, optimizer)
         else:
             order = torch.randperm(len(x))
             batches = [x[order[i:i + batch]] for i in range(0, len(x), batch)]
             start = time.perf_counter()  # batches gathered in advance: the steps alone
             for xb in batches:
-                plain_step(nets, torch, xb, optimizer)
+                plain_step(nets, xb, optimizer)
         times.append(time.perf_counter() - start)
     return {"samples_per_s": len(x) / statistics.mean(times[1:] or times)}
 
@@ -201,7 +203,7 @@ def startup_table(rounds: int, before: str | None) -> None:
 
 
 # --------------------------------------------------------------------------- the table
-def write_data(path: Path, rows: int, d: int = 118) -> None:
+def write_data(path: str | Path, rows: int, d: int = 118) -> None:
     import numpy as np
 
     rng = np.random.default_rng(0)
@@ -238,40 +240,47 @@ def main() -> None:
     if args.vade:
         vade_table(args)
         return
+    dagmm_table(args)
+
+
+def interleaved(runners: dict, rounds: int) -> dict[str, list[dict]]:
+    """Each runner's results over ``rounds`` rounds that take them in turn: a burst of load
+    on the machine hits all alike."""
+    runs = {what: [] for what in runners}
+    for _ in range(rounds):
+        for what, run in runners.items():
+            runs[what].append(run())
+    return runs
+
+
+def dagmm_table(args) -> None:
     overrides = ["experiment=dagmm_paper"]
-    train_fraction = 0.4  # dagmm_paper: test 0.5, validation 0.1 of the rows
-    n_train = args.rows - int(args.rows * 0.5) - int(args.rows * 0.1)
+    n_train = args.rows - int(args.rows * 0.5) - int(args.rows * 0.1)  # dagmm_paper: test 0.5, validation 0.1
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "kdd_sized.npy"
+        path = str(Path(tmp) / "kdd_sized.npy")
         write_data(path, args.rows)
-        print(f"DAGMM, {args.rows} x 118 synthetic ({int(args.rows * train_fraction)} training rows), batch 1024, "
+        print(f"DAGMM, {args.rows} x 118 synthetic ({n_train} training rows), batch 1024, "
               f"{args.epochs} epochs per run (the first not counted), median of {args.rounds} rounds\n")
         print("| threads | what | samples/s | vs plain steps |")
         print("|---|---|---|---|")
         profiles = {}
-        for threads in args.threads:
-            runs = {"plain steps": [], "plain epoch, per-row loader": [], "ours (Lightning epoch, end to end)": []}
+        for t in args.threads:
+            runners = {
+                "plain steps": lambda: in_subprocess("plain_loop", path, t, False, n_train, 1024, args.epochs),
+                "plain epoch, per-row loader": lambda: in_subprocess("plain_loop", path, t, True, n_train, 1024,
+                                                                     args.epochs),
+                "ours (Lightning epoch, end to end)": lambda: our_epoch(path, t, args.epochs, None, overrides, n_train),
+                "ours, +model.optimizer.fused=true": lambda: our_epoch(
+                    path, t, args.epochs, None, [*overrides, "+model.optimizer.fused=true"], n_train)}
             if args.before:
-                runs["ours before (same command, older code)"] = []
-            runs["ours, +model.optimizer.fused=true"] = []
-            for _ in range(args.rounds):  # interleaved: a burst of load hits all alike
-                runs["plain steps"].append(in_subprocess("plain_loop", str(path), threads, False, train_fraction,
-                                                         1024, args.epochs))
-                runs["plain epoch, per-row loader"].append(in_subprocess("plain_loop", str(path), threads, True,
-                                                                         train_fraction, 1024, args.epochs))
-                runs["ours (Lightning epoch, end to end)"].append(
-                    our_epoch(str(path), threads, args.epochs, None, overrides, n_train))
-                runs["ours, +model.optimizer.fused=true"].append(
-                    our_epoch(str(path), threads, args.epochs, None, [*overrides, "+model.optimizer.fused=true"],
-                              n_train))
-                if args.before:
-                    runs["ours before (same command, older code)"].append(
-                        our_epoch(str(path), threads, args.epochs, args.before, overrides, n_train))
+                runners["ours before (same command, older code)"] = lambda: our_epoch(
+                    path, t, args.epochs, args.before, overrides, n_train)
+            runs = interleaved(runners, args.rounds)
             reference = statistics.median(r["samples_per_s"] for r in runs["plain steps"])
             for what, rs in runs.items():
                 rate = statistics.median(r["samples_per_s"] for r in rs)
-                print(f"| {threads} | {what} | {rate / 1000:.1f}k | {rate / reference:.2f} |", flush=True)
-            profiles[threads] = {what: rs[-1] for what, rs in runs.items() if what.startswith("ours")}
+                print(f"| {t} | {what} | {rate / 1000:.1f}k | {rate / reference:.2f} |", flush=True)
+            profiles[t] = {what: rs[-1] for what, rs in runs.items() if what.startswith("ours")}
         print_profiles(profiles, args.epochs)
 
 
@@ -305,12 +314,11 @@ def vade_table(args) -> None:
     print("|---|---|---|---|---|---|")
     profiles = {}
     for threads in args.threads:
-        runs = {"ours": [], **({"ours before (older code)": []} if args.before else {})}
-        for _ in range(args.rounds):
-            runs["ours"].append(our_epoch("", threads, args.epochs, None, overrides, 55_000))
-            if args.before:
-                runs["ours before (older code)"].append(our_epoch("", threads, args.epochs, args.before, overrides,
-                                                                  55_000))
+        runners = {"ours": lambda: our_epoch("", threads, args.epochs, None, overrides, 55_000)}
+        if args.before:
+            runners["ours before (older code)"] = lambda: our_epoch("", threads, args.epochs, args.before, overrides,
+                                                                    55_000)
+        runs = interleaved(runners, args.rounds)
         before = statistics.median(r["samples_per_s"] for r in runs.get("ours before (older code)", runs["ours"]))
         peak = float(in_subprocess("gemm_peak", threads))
         for what, rs in runs.items():

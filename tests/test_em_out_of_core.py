@@ -130,7 +130,7 @@ def test_a_mapped_fit_does_not_hold_the_file(tmp_path):
 @pytest.mark.slow
 def test_a_3_gb_file_is_fitted_within_1_5_gb_and_equals_the_in_memory_fit(tmp_path):
     """The issue's trial: a float32 .npy of 3 GB (12.6M x 64), K=4, full, 2 iterations, in its
-    own process: peak under 1.5 GB (measured 1.07 GB); then the same rows in memory."""
+    own process: peak under 1.5 GiB (measured 1.02 GiB); then the same rows in memory."""
     path = tmp_path / "big.npy"
     n = 3 * 2**30 // (4 * 64)
     write_blobs(path, n, 64, 4)

@@ -17,8 +17,7 @@ import torch
 
 from conftest import ROOT
 
-# long enough that a signal always finds it training (batch loading made 400 epochs take ~15 s)
-DEEP_LONG = ["model=deep_gmm", "trainer.max_epochs=3000", "trainer.enable_progress_bar=false"]
+DEEP_LONG = ["model=deep_gmm", "trainer.max_epochs=400", "trainer.enable_progress_bar=false"]
 
 
 def train(args, cwd, **kw):
@@ -240,11 +239,11 @@ def test_a_successful_run_ends_with_its_metrics_directory_and_next_commands(tmp_
 @pytest.mark.slow
 def test_a_sweep_lists_its_interrupted_job_and_the_report_shows_it(tmp_path):
     sweep = tmp_path / "outputs" / "train" / "multiruns"
-    proc = start(["model=deep_gmm", "trainer.enable_progress_bar=false", "trainer.max_epochs=2,3000", "-m"], tmp_path)
+    proc = start(["model=deep_gmm", "trainer.enable_progress_bar=false", "trainer.max_epochs=2,400", "-m"], tmp_path)
     deadline = time.time() + 120
-    while time.time() < deadline and not list(sweep.glob("*/*trainer.max_epochs=3000/checkpoints/last.ckpt")):
+    while time.time() < deadline and not list(sweep.glob("*/*trainer.max_epochs=400/checkpoints/last.ckpt")):
         time.sleep(0.2)
-    (job,) = sweep.glob("*/*trainer.max_epochs=3000")
+    (job,) = sweep.glob("*/*trainer.max_epochs=400")
     wait_for_epoch(job, proc)
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=120)
@@ -253,7 +252,7 @@ def test_a_sweep_lists_its_interrupted_job_and_the_report_shows_it(tmp_path):
                             capture_output=True, text=True)
     assert report.returncode == 0, report.stderr[-3000:]
     assert "1 of 2 jobs finished, 1 interrupted" in report.stdout
-    row = next(line for line in report.stdout.splitlines() if "| 3000 |" in line)
+    row = next(line for line in report.stdout.splitlines() if "| 400 |" in line)
     assert "interrupted (SIGTERM; last.ckpt of epoch" in row
 
 

@@ -14,8 +14,7 @@ from conftest import ROOT, run_cli
 
 pytestmark = pytest.mark.slow
 
-# 12000 samples: batch loading made the 6000-sample epochs short enough to race the signal
-ARGS = ["model=deep_gmm", "objective=dagmm", "backbone=mlp", "data.n_samples=12000",
+ARGS = ["model=deep_gmm", "objective=dagmm", "backbone=mlp", "data.n_samples=6000",
         "trainer.max_epochs=6", "trainer.enable_progress_bar=false", "callbacks.pictures.every_n_epochs=2"]
 
 

@@ -16,6 +16,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import em
+from .kmeans import CHUNK
 from .rows import MappedRows, batches, mapped, take
 from .density import (
     COVARIANCE_TYPES,
@@ -131,7 +132,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         """The mean of x's rows in float64 (D,), summed in the same blocks in memory and
         mapped: a whole-array reduction rounds differently, and float32 products on rows
         centred by a shift one unit in the last place off differ by ~1e-9."""
-        return sum(xb.sum(0, dtype=torch.float64) for xb in batches(x, 2**16)) / len(x)
+        return sum(xb.sum(0, dtype=torch.float64) for xb in batches(x, CHUNK)) / len(x)
 
     # ------------------------------------------------------------------ fitting
     def fit(self, X, y=None):
@@ -198,7 +199,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     def _run_em(self, x, mixtures: list[MixtureDensity], shift) -> list[dict]:
         """EM from each start (``n_init`` restarts) in lockstep: each iteration reads x once
         for all restarts still running; each restart's iterates are those of its own fit."""
-        compute_dtype = self._compute_dtype(x)
+        compute_dtype = self._compute_dtype(x.dtype)
         runs = [dict(mixture=m, lower_bound=-math.inf, converged=False, n_iter=0) for m in mixtures]
         for n_iter in range(1, self.max_iter + 1):
             running = [run for run in runs if not run["converged"]]
@@ -237,8 +238,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                          "lower_bound": lower_bound})
         return est
 
-    def _compute_dtype(self, x: torch.Tensor) -> torch.dtype:
-        return getattr(torch, self.compute_dtype) if self.compute_dtype else x.dtype
+    def _compute_dtype(self, default: torch.dtype) -> torch.dtype:
+        """``compute_dtype`` as a torch dtype; None: ``default`` (the fit's input dtype)."""
+        return getattr(torch, self.compute_dtype) if self.compute_dtype else default
 
     def _set_fitted(self, result: dict, dtype: torch.dtype = torch.float64) -> None:
         m: MixtureDensity = result["mixture"]
@@ -268,7 +270,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         # as scikit-learn: float32 answers only when both the input and the fit are float32
         fitted = torch.float32 if self.means_.dtype == np.float32 else torch.float64
         answer = torch.promote_types(x.dtype, fitted)
-        dtype = getattr(torch, self.compute_dtype) if self.compute_dtype else answer
+        dtype = self._compute_dtype(answer)
         fn = getattr(self._mixture.to(dtype), method)
         out = None  # filled in place: a list of chunks and their concatenation would be twice the answer
         for start, xc in zip(range(0, x.shape[0], _CHUNK), batches(x, _CHUNK)):

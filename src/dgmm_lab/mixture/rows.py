@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .kmeans import CHUNK
+
 
 class MappedRows:
     """A 2-d memory-mapped array (N, D), C- or Fortran-ordered, that yields torch batches on
@@ -40,15 +42,18 @@ class MappedRows:
         self.shape = tuple(array.shape)
         self.dtype = torch.float32 if array.dtype == np.float32 else torch.float64
         self._map = _underlying_map(array)
+        self._checked = False  # every value was seen finite in a whole pass: later passes skip the check
 
     def __len__(self) -> int:
         return self.shape[0]
 
     def batches(self, rows: int) -> Iterator[Tensor]:
         for start in range(0, self.shape[0], rows):
-            yield self._read(start, min(start + rows, self.shape[0]))
+            stop = min(start + rows, self.shape[0])
+            yield self._copy(slice(start, stop), start, stop)
+        self._checked = True
 
-    def take(self, indices: Tensor, rows: int = 2**16) -> Tensor:
+    def take(self, indices: Tensor, rows: int = CHUNK) -> Tensor:
         """The rows at sorted ``indices`` (M,) -> (M, D), gathered one block of the file at a
         time (a direct gather would leave every page it touched resident)."""
         idx = indices.cpu().numpy()
@@ -59,15 +64,12 @@ class MappedRows:
                 parts.append(self._copy(idx[lo:hi], start, min(start + rows, self.shape[0])))
         return torch.cat(parts) if parts else torch.empty(0, self.shape[1], dtype=self.dtype, device=self.device)
 
-    def _read(self, start: int, stop: int) -> Tensor:
-        return self._copy(slice(start, stop), start, stop)
-
     def _copy(self, which, start: int, stop: int) -> Tensor:
         block = np.array(self.array[which], dtype=_numpy(self.dtype))
         self._release(start, stop)
-        # scikit-learn checks the whole X up front; a mapped X is checked as it is read
-        bad = ~np.isfinite(block)
-        if bad.any():
+        # scikit-learn checks the whole X up front; a mapped X is checked as it is first read
+        bad = None if self._checked else ~np.isfinite(block)
+        if bad is not None and bad.any():
             first = int(bad.any(1).nonzero()[0][0])
             row = start + first if isinstance(which, slice) else int(which[first])
             raise ValueError(f"Input X contains NaN or infinity (first at row {row})")
