@@ -347,3 +347,33 @@ def test_a_requeued_slurm_job_takes_over_its_own_lock_from_another_node(tmp_path
     assert json.loads((tmp_path / "run.lock").read_text())["pid"] == os.getpid()
     lock.release()
     assert not (tmp_path / "run.lock").exists()
+
+
+def test_a_ctrl_c_in_fit_stops_at_the_next_stop_point_even_from_inside_a_weakref_callback():
+    """A handler's exception raised inside a weakref callback is printed and dropped by
+    Python (a Ctrl-C'd run once trained to its end and exited 0): in fit the signal is only
+    recorded, and the loop's next stop point raises; a second Ctrl-C raises at once."""
+    import weakref
+
+    from dgmm_lab.lifecycle import SignalGuard, stop_point
+
+    class Thing:
+        pass
+
+    def signalled_while_collected(_):
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(1000):  # bytecodes for the handler to run on, inside this callback
+            pass
+
+    with SignalGuard() as guard:
+        guard.in_fit = True
+        thing = Thing()
+        ref = weakref.ref(thing, signalled_while_collected)
+        del thing
+        assert ref() is None and guard.received == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):
+            stop_point()
+        stop_point()  # one stop per Ctrl-C
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)

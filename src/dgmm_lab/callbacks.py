@@ -11,9 +11,19 @@ import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from . import viz
+from .lifecycle import stop_point
 from .models.deep_gmm import DeepGMM
 
 log = logging.getLogger(__name__)
+
+
+class SignalStops(pl.Callback):
+    """A Ctrl-C stops the run at the next batch (``lifecycle.SignalGuard`` says why not at once)."""
+
+    def on_train_batch_start(self, *args) -> None:
+        stop_point()
+
+    on_validation_batch_start = on_test_batch_start = on_predict_batch_start = on_train_batch_start
 
 
 class MixturePictures(pl.Callback):

@@ -124,34 +124,60 @@ class RunLock:
 class SignalGuard:
     """SIGTERM/SIGINT become :class:`Interrupted` where it is safe to stop.
 
-    Inside ``trainer.fit`` Lightning's own handler runs first (it chains the one installed
-    here): it stops the loop at the next step boundary, so a checkpoint is never cut in
-    half; ``in_fit`` makes this handler leave that to Lightning.  Elsewhere (data loading,
-    testing) the handler raises at once.  Under submitit (Slurm) its SIGTERM bypass and
-    USR2 requeue stay untouched.
+    An exception raised by a handler lands at whatever bytecode runs: inside a weakref
+    callback or a ``__del__`` Python prints it and carries on (seen: a Ctrl-C'd run trained
+    to its last epoch and exited 0).  So inside ``trainer.fit``/``test`` (``in_fit``) the
+    handler only records the signal: SIGTERM is Lightning's (its handler runs first and
+    stops the loop at a step boundary), SIGINT raises KeyboardInterrupt at the next
+    :func:`stop_point` (every batch; Lightning shuts down cleanly on it), and a second
+    Ctrl-C raises at once.  Elsewhere (data loading, writing results) the handler raises at
+    once, and :meth:`raise_if_signalled` before results are written catches one that was
+    swallowed.  Under submitit (Slurm) its SIGTERM bypass and USR2 requeue stay untouched.
     """
 
     def __init__(self):
         self.in_fit = False
         self.received: int | None = None
+        self.stop_pending = False
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> "SignalGuard":
+        global _ACTIVE
         managed = "SUBMITIT_EXECUTOR" in os.environ or "SUBMITIT_FOLDER" in os.environ
         for signum in (signal.SIGINT,) if managed else (signal.SIGTERM, signal.SIGINT):
             self._previous[signum] = signal.signal(signum, self._handle)
+        _ACTIVE = self
         return self
 
     def __exit__(self, *exc) -> None:
+        global _ACTIVE
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+        _ACTIVE = None
 
     def _handle(self, signum, frame) -> None:
+        again = self.received is not None
         self.received = signum
         if not self.in_fit:
             raise Interrupted(signum)
         if signum == signal.SIGINT:
-            raise KeyboardInterrupt  # Lightning shuts down cleanly on it
+            if again:
+                raise KeyboardInterrupt
+            self.stop_pending = True
+
+    def raise_if_signalled(self) -> None:
+        if self.received is not None:
+            raise Interrupted(self.received)
+
+
+_ACTIVE: SignalGuard | None = None
+
+
+def stop_point() -> None:
+    """Where a loop may stop: raises the KeyboardInterrupt of a Ctrl-C received since."""
+    if _ACTIVE is not None and _ACTIVE.stop_pending:
+        _ACTIVE.stop_pending = False
+        raise KeyboardInterrupt
 
 
 RESULTS = ("metrics.json", "status.json", "config.yaml", "overrides.yaml", "checkpoints", "tensorboard", "csv", "ranks", "error.txt")

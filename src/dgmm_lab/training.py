@@ -25,7 +25,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from .callbacks import EpochClock, EpochLines
+from .callbacks import EpochClock, EpochLines, SignalStops
 from .config import ConfigError, check_against_data, check_config, objective_name
 from .console import quiet_lightning, summary
 from .lifecycle import (Interrupted, RunLock, SignalGuard, archive_previous_results, global_rank_from_env,
@@ -175,7 +175,7 @@ def fit_and_test(cfg: DictConfig, output_dir: Path, ckpt_path: str | None, guard
     quiet = {"enable_progress_bar": False, "enable_model_summary": False} if is_em else \
         {} if sys.stderr.isatty() else {"enable_progress_bar": False}
     clock = EpochClock()
-    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()] + [clock]
+    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()] + [clock, SignalStops()]
     if quiet or not cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(EpochLines())
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, **quiet)
@@ -218,6 +218,7 @@ def fit_and_test(cfg: DictConfig, output_dir: Path, ckpt_path: str | None, guard
     bad = [k for k, v in metrics.items() if not math.isfinite(v)]
     if bad:
         log.warning("non-finite final metrics: %s", ", ".join(bad))
+    guard.raise_if_signalled()  # one that a handler's exception could not stop
     if trainer.is_global_zero:
         write_json_atomically(output_dir / "metrics.json", dict(sorted(metrics.items())))
         log_final(trainer, hparams_of(cfg), metrics)
@@ -240,6 +241,7 @@ def lightning_stops(guard: SignalGuard):
         raise
     finally:
         guard.in_fit = False
+    guard.raise_if_signalled()  # a signal after the loop's last stop point
 
 
 def em_stop_reason(model, trainer: pl.Trainer) -> str:

@@ -28,6 +28,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..data.augment import random_affine
+from ..lifecycle import stop_point
 from ..objectives.base import Objective
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,7 @@ def train(objective: Objective, datamodule, device: torch.device) -> None:
     for epoch in range(stage.epochs):
         total = 0.0
         for x, _ in loader:
+            stop_point()
             loss = objective.pretrain_loss(augment(x.to(device)))
             opt.zero_grad()
             loss.backward()
