@@ -237,6 +237,7 @@ VALUE_RANGES = {
     "seed": SEED, "num_threads": Range(int, 1),
     "data.batch_size": Range(int, 1), "data.eval_batch_size": Range(int, 1, nullable=True),
     "data.num_workers": Range(int, 0), "data.split_seed": Range(int), "data.on_device": Range(bool, words=("auto",)),
+    "data.memory_map": Range(bool, words=("auto",)),
     "data.val_fraction": FRACTION, "data.test_fraction": FRACTION,
     "data.contamination": Range(float, 0, 1, open_low=True, open_high=True, nullable=True),
     "data.n_samples": Range(int, 1), "data.dim": Range(int, 1), "data.n_clusters": Range(int, 1),
@@ -375,8 +376,10 @@ def check_against_data(cfg: DictConfig, datamodule) -> None:
             raise ConfigError(f"objective.target_dim={wanted} does not match the data's {got} target "
                               f"dimension(s); allowed: {got} or null")
     if name and cfg.objective.get("likelihood") == "bernoulli":
-        x = datamodule.tensors("train")[0]
-        low, high = float(x.min()), float(x.max())
+        from .data.mapped import row_batches
+
+        blocks = [(float(b.min()), float(b.max())) for b in row_batches(datamodule.tensors("train")[0], 2**16)]
+        low, high = min(lo for lo, _ in blocks), max(hi for _, hi in blocks)
         if low < 0 or high > 1:
             raise ConfigError(f"objective.likelihood=bernoulli models values in [0, 1], and data={type(datamodule).__name__} "
                               f"has values in [{low:.3g}, {high:.3g}] (its loss would have no lower bound); "

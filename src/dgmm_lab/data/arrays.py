@@ -19,9 +19,10 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch.utils.data import TensorDataset
 
 from ..config import ConfigError
-from .base import TensorDataModule
+from .base import BatchRows, TensorDataModule
+from .columns import array_columns, as_spec, constant_columns, dominated_columns, select_columns
+from .mapped import PASS_ROWS, FileRows, MappedSplit
 from .transform import InputTransform
-from .columns import as_spec, constant_columns, dominated_columns, select_columns
 
 log = logging.getLogger(__name__)
 SCALINGS = ("standardize", "minmax", "none")
@@ -32,15 +33,24 @@ WHAT_A_FILE_HOLDS = {
     ".mat": "variables X (or data.features=KEY) and optional y, one row per sample (scipy.io.savemat)",
     ".csv": "a header line with the column names, then one row per sample",
 }
+# data.memory_map=auto maps a .npy file larger than this
+MEMORY_MAP_BYTES = 2**30
+# on a mapped file the column checks look at this many training rows (a seeded sample)
+CHECKED_ROWS = 2**17
 
 
 class ArrayDataModule(TensorDataModule):
     def __init__(self, path: str, features: str | list[str] | None = None, label: str | None = None,
                  scaling: str = "standardize", normal_label: int | None = None,
-                 contamination: float | None = None, targets: str | list[str] | None = None, **kwargs):
+                 contamination: float | None = None, targets: str | list[str] | None = None,
+                 memory_map: bool | str = "auto", **kwargs):
         super().__init__(**kwargs)
         if scaling not in SCALINGS:
             raise ValueError(f"data.scaling={scaling!r} is not one of {', '.join(SCALINGS)}")
+        if memory_map not in (True, False, "auto"):
+            raise ValueError(f"data.memory_map={memory_map!r} is not one of true, false, auto")
+        # read a .npy file batch by batch through a memory map (mapped.py) instead of loading it
+        self.memory_map = memory_map
         self.path, self.features, self.label = Path(path), features, label
         self.scaling, self.normal_label = scaling, normal_label
         # fraction of test energies flagged as anomalies (None: the true anomaly rate)
@@ -165,7 +175,18 @@ class ArrayDataModule(TensorDataModule):
 
     # ------------------------------------------------------------------ splits
     def make_splits(self) -> dict[str, TensorDataset]:
+        if self._mapped():
+            return self._mapped_splits()
         x, y = self.load()
+        parts, y = self._partition(y)
+        self.facts = self._check_columns(x[parts["train"]].numpy())
+        offset, scale = self._fit_scaling(x[parts["train"]])
+        self.offset, self.scale = offset, scale
+        # each split gathered once and scaled in place (the same float64 arithmetic), then float32
+        return {name: TensorDataset(x[idx].sub_(offset).div_(scale).float(), y[idx]) for name, idx in parts.items()}
+
+    def _partition(self, y: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The splits' sample indices, and the labels (1 = anomaly under the anomaly protocol)."""
         if self.anomaly_protocol:
             if int(y.min()) < 0:
                 raise ValueError("data.normal_label needs labels: set data.label")
@@ -181,12 +202,92 @@ class ArrayDataModule(TensorDataModule):
             y = (y != self.normal_label).long()
             self.anomaly_rate = float(y.double().mean())  # of the whole file
         else:
-            parts = self.split_indices(len(x))
-        self.facts = self._check_columns(x[parts["train"]].numpy())
-        offset, scale = self._fit_scaling(x[parts["train"]])
-        self.offset, self.scale = offset, scale
-        # each split gathered once and scaled in place (the same float64 arithmetic), then float32
-        return {name: TensorDataset(x[idx].sub_(offset).div_(scale).float(), y[idx]) for name, idx in parts.items()}
+            parts = self.split_indices(len(y))
+        return parts, y
+
+    # ------------------------------------------------------------------ memory-mapped .npy
+    def _mapped(self) -> bool:
+        if not self.path.is_file():
+            return False  # load() says so
+        if self.path.suffix.lower() != ".npy":
+            if self.memory_map is True:
+                raise ConfigError(f"data.memory_map=true reads a .npy file; data.path={str(self.path)!r} is not one; "
+                                  "allowed: a .npy file (np.save), or data.memory_map=false")
+            return False
+        return self.memory_map is True or (self.memory_map == "auto" and self.path.stat().st_size > MEMORY_MAP_BYTES)
+
+    def _mapped_splits(self) -> dict[str, BatchRows]:
+        """The splits of a .npy file as memory-mapped rows: one pass over the file checks it and
+        reads the labels, one over the training rows fits the scaling; nothing else is read
+        until a batch asks for it."""
+        where = f"data.path={str(self.path)!r}"
+        if _head(self.path, 6) != b"\x93NUMPY":
+            raise ConfigError(f"{where} is not a .npy file (no NUMPY header); allowed: {WHAT_A_FILE_HOLDS['.npy']}")
+        try:
+            array = np.load(self.path, mmap_mode="r")
+        except Exception as err:  # noqa: BLE001
+            raise ConfigError(f"{where} is not a readable .npy file ({type(err).__name__}: {' '.join(str(err).split())}); "
+                              f"allowed: {WHAT_A_FILE_HOLDS['.npy']}") from None
+        array = array.reshape(-1, 1) if array.ndim == 1 else array
+        if array.ndim != 2 or not np.issubdtype(array.dtype, np.number) or len(array) == 0:
+            raise ConfigError(f"{where} holds an array of shape {array.shape} and dtype {array.dtype}; allowed (with "
+                              "data.memory_map): a non-empty 2-D numeric array, samples x features")
+        role, label = ("targets", self.targets) if self.targets is not None else ("label", self.label)
+        for key, spec in (("features", self.features), (role, label)):
+            if isinstance(as_spec(spec, f"data.{key}"), str):
+                raise ConfigError(f"data.{key}={spec!r} names an array, and a .npy holds one; allowed: "
+                                  f"column indices (e.g. data.{key}=-1), or a .npz, .mat or .csv file")
+        columns, label_cols = array_columns(array, as_spec(self.features, "data.features"),
+                                            as_spec(label, f"data.{role}"), role, "", self.path.name)
+        file = FileRows(array)
+        columns = list(range(array.shape[1])) if columns is None else columns
+        self.column_names = columns
+        y = self._checked_labels(file, columns, label_cols)
+        parts, y = self._partition(y)
+        train_rows = np.sort(parts["train"].numpy())
+        self.offset, self.scale = self._fit_scaling_in_passes(file, columns, train_rows)
+        sample = np.sort(np.random.default_rng(self.split_seed).permutation(train_rows)[:CHECKED_ROWS])
+        self.facts = self._check_columns(np.concatenate(list(file.passes(columns, sample))))
+        return {name: BatchRows(MappedSplit(file, idx.numpy(), columns, self.offset, self.scale), y[idx])
+                for name, idx in parts.items()}
+
+    def _checked_labels(self, file: FileRows, columns: list[int], label_cols: list[int] | None) -> torch.Tensor:
+        """A pass over the file: its feature values must be finite; the labels (or targets) it holds."""
+        bad, first, labels = 0, [], []
+        for start, block in zip(range(0, len(file.array), PASS_ROWS), file.passes()):
+            finite = np.isfinite(block[:, columns])
+            if not finite.all():
+                rows, cols = np.nonzero(~finite)
+                bad += int((~finite).sum())
+                first += [(start + r, columns[c]) for r, c in zip(rows[:5], cols[:5])][: 5 - len(first)]
+            if label_cols is not None:
+                labels.append(block[:, label_cols])
+        if bad:
+            raise ValueError(f"{self.path.name}: {bad} NaN/inf values, first at rows {[r for r, _ in first]} "
+                             f"columns {[c for _, c in first]}; clean or impute them first")
+        n = len(file.array)
+        if self.has_targets:
+            y = np.concatenate(labels).reshape(n, -1)
+            if not np.isfinite(y).all():
+                raise ValueError(f"{self.path.name}: {(~np.isfinite(y)).sum()} NaN/inf target values")
+            return torch.as_tensor(y)
+        return torch.full((n,), -1) if not labels else torch.as_tensor(np.concatenate(labels).reshape(-1).astype(np.int64))
+
+    def _fit_scaling_in_passes(self, file: FileRows, columns: list[int], rows: np.ndarray):
+        """``_fit_scaling`` of the training rows, read from the file: two passes for the
+        standard deviation (sum of squared deviations from the mean, as torch computes it)."""
+        d = len(columns)
+        if self.scaling == "none":
+            return torch.zeros(d, dtype=torch.float64), torch.ones(d, dtype=torch.float64)
+        if self.scaling == "minmax":
+            low = np.min([b.min(0) for b in file.passes(columns, rows)], axis=0)
+            high = np.max([b.max(0) for b in file.passes(columns, rows)], axis=0)
+            offset, scale = torch.as_tensor(low), torch.as_tensor(high - low)
+        else:
+            mean = sum(b.sum(0) for b in file.passes(columns, rows)) / len(rows)
+            squares = sum(((b - mean) ** 2).sum(0) for b in file.passes(columns, rows))
+            offset, scale = torch.as_tensor(mean), torch.as_tensor(np.sqrt(squares / (len(rows) - 1)))
+        return offset, torch.where(scale > 0, scale, torch.ones_like(scale))
 
     def input_transform(self) -> InputTransform:
         """The file's feature columns -> the model's inputs, with the training split's scaling."""

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
+from .mapped import MappedSplit
 from .transform import InputTransform
 
 
@@ -95,7 +96,9 @@ class TensorDataModule(pl.LightningDataModule):
         if not self.splits:
             self.splits = self.make_splits()
 
-    def tensors(self, split: str = "train") -> tuple[Tensor, Tensor]:
+    def tensors(self, split: str = "train") -> tuple[Tensor | MappedSplit, Tensor]:
+        """A split's (features, labels); the features of a memory-mapped file are a
+        ``MappedSplit`` (read its rows by indexing or ``mapped.row_batches``)."""
         self.setup()
         return self.splits[split].tensors
 
@@ -140,6 +143,8 @@ class TensorDataModule(pl.LightningDataModule):
     def _rows(self, split: str, device: torch.device) -> BatchRows:
         """The split as ``BatchRows``: a view of its tensors, or their copy on the GPU."""
         tensors = self.splits[split].tensors
+        if isinstance(tensors[0], MappedSplit):  # read from the file batch by batch, on the host
+            return self.splits[split]
         too_big = self.on_device == "auto" and sum(t.numel() * t.element_size() for t in tensors) > ON_DEVICE_BYTES
         # workers hand out host tensors
         if device.type == "cpu" or self.num_workers > 0 or self.on_device is False or too_big:

@@ -38,29 +38,38 @@ def select_columns(arrays: dict[str, np.ndarray], features: Spec, label: Spec, l
     ``label_role`` is 'label' or 'targets', the key the user set ``label`` with."""
     source_key = _source_key(arrays, features, label, label_role, file)
     source = arrays.get(source_key)
-    label_cols = _indices(label, f"data.{label_role}", source, source_key, file)
-    feature_cols = _indices(features, "data.features", source, source_key, file)
+    feature_cols, label_cols = array_columns(source, features, label, label_role, source_key, file)
     if isinstance(label, str):
         y = arrays[label]
     elif label_cols is not None:
         y = source[:, label_cols[0]] if _is_index(label) else source[:, label_cols]
     else:
         y = arrays["y"] if "y" in arrays and features is None else None
+    x = source if feature_cols is None else source[:, feature_cols]
+    names = feature_cols if feature_cols is not None else list(range(x.shape[1] if x.ndim == 2 else 1))
+    if y is not None and len(y) != len(x):
+        raise ConfigError(f"data.{label_role}={label!r} has {len(y)} rows and the features {len(x)} "
+                          f"({_name(source_key, file)}); allowed: one {label_role} row per sample")
+    return x, y, names
+
+
+def array_columns(source: np.ndarray, features: Spec, label: Spec, label_role: str, source_key: str,
+                  file: str) -> tuple[list[int] | None, list[int] | None]:
+    """(the feature columns, None for all; the label's or targets' columns, None for none) of
+    ``source``, the array ``source_key`` of ``file``, checked."""
+    label_cols = _indices(label, f"data.{label_role}", source, source_key, file)
+    feature_cols = _indices(features, "data.features", source, source_key, file)
     if feature_cols is None:
         feature_cols = None if label_cols is None else [c for c in range(source.shape[1]) if c not in label_cols]
     elif label_cols is not None and set(feature_cols) & set(label_cols):
         both = sorted(set(feature_cols) & set(label_cols))
         raise ConfigError(f"data.features={features} and data.{label_role}={label} share columns {both}; "
                           f"allowed: columns of {_name(source_key, file)} that are not the {label_role}")
-    x = source if feature_cols is None else source[:, feature_cols]
-    if x.ndim == 2 and x.shape[1] == 0:
+    width = len(feature_cols) if feature_cols is not None else source.shape[1] if source.ndim == 2 else 1
+    if source.ndim == 2 and width == 0:
         raise ConfigError(f"data.{label_role}={label} leaves no feature columns in {_name(source_key, file)} "
                           f"(shape {source.shape}); allowed: an array with at least one more column")
-    names = feature_cols if feature_cols is not None else list(range(x.shape[1] if x.ndim == 2 else 1))
-    if y is not None and len(y) != len(x):
-        raise ConfigError(f"data.{label_role}={label!r} has {len(y)} rows and the features {len(x)} "
-                          f"({_name(source_key, file)}); allowed: one {label_role} row per sample")
-    return x, y, names
+    return feature_cols, label_cols
 
 
 def _source_key(arrays: dict[str, np.ndarray], features: Spec, label: Spec, label_role: str, file: str) -> str:

@@ -41,7 +41,7 @@ class MappedRows:
         self.array, self.device = array, torch.device(device)
         self.shape = tuple(array.shape)
         self.dtype = torch.float32 if array.dtype == np.float32 else torch.float64
-        self._map = _underlying_map(array)
+        self._map = underlying_map(array)
         self._checked = False  # every value was seen finite in a whole pass: later passes skip the check
 
     def __len__(self) -> int:
@@ -90,7 +90,7 @@ class MappedRows:
             self._map.madvise(mmap.MADV_DONTNEED, page, min(first + length - page, len(self._map) - page))
 
 
-def _underlying_map(array: np.ndarray) -> mmap.mmap | None:
+def underlying_map(array: np.ndarray) -> mmap.mmap | None:
     """The shared mmap object under ``array``; None for a copy-on-write map (its written
     pages exist only in this process: releasing them would lose the writes)."""
     if getattr(array, "mode", None) == "c":

@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from ..data.mapped import row_batches
 from ..distributed import gather_uneven
 from ..metrics import anomaly_metrics, clustering_metrics
 
@@ -195,7 +196,7 @@ class MixtureModule(pl.LightningModule):
         x, y = self.trainer.datamodule.tensors(split)
         size = self.trainer.datamodule.eval_batch_size
         return torch.cat([self.evaluate_batch(xb.to(self.device), yb.to(self.device))[0].double().cpu()
-                          for xb, yb in zip(torch.split(x, size), torch.split(y, size))])
+                          for xb, yb in zip(row_batches(x, size), torch.split(y, size))])
 
     def log_exact(self, metrics: dict[str, float]) -> None:
         self.exact_metrics.update(metrics)

@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from ..data.mapped import row_batches
 from ..distributed import all_reduce_with_grad, gather_uneven, sum_over_processes
 from ..nets.feature_extractor import FeatureExtractor
 from ..objectives.base import Objective
@@ -110,8 +111,8 @@ class DeepGMM(MixtureModule):
         if self.trainer.state.fn != "fit":
             return  # test/validate after training: the checkpoint's estimate is current
         x, _ = self.trainer.datamodule.tensors("train")
-        share = x[self.global_rank::self.trainer.world_size]
-        batches = (b.to(self.device) for b in torch.split(share, self.trainer.datamodule.eval_batch_size))
+        share = row_batches(x, self.trainer.datamodule.eval_batch_size, self.global_rank, self.trainer.world_size)
+        batches = (b.to(self.device) for b in share)
         self.objective.fit_training_set(batches, reduce=sum_over_processes)
 
     def on_train_epoch_end(self) -> None:

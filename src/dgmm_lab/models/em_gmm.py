@@ -20,6 +20,7 @@ from ..mixture.diagnostics import automatic_reg_covar, degenerate_components, me
 from ..mixture.density import MixtureDensity, check_covariance_type, covariance_eigenvalues, covariance_shape
 from ..mixture.start_values import load_start_values
 from ..nets.feature_extractor import FeatureExtractor
+from ..data.mapped import row_batches
 from ..distributed import sum_over_processes
 from .base import MixtureModule
 
@@ -222,9 +223,13 @@ class EMGMM(MixtureModule):
         """BIC, AIC and the count of degenerate components (warned of, with the
         remedy) of the weights tested, and the data module's facts (data/constant_columns, ...)."""
         x, _ = datamodule.tensors("train")
-        z = self.backbone(x.to(self.device)).double()
+        # in memory one batch (the numbers as before), a mapped file's rows in evaluation batches
+        size = len(x) if isinstance(x, torch.Tensor) else datamodule.eval_batch_size
+        log_lik = sum(self.mixture.log_prob(self.backbone(xb.to(self.device)).double()).sum()
+                      for xb in row_batches(x, size))
+        n, p = len(x), self.mixture.n_parameters()
         degenerate = self.degenerate_components(len(x))
-        return {"train/bic": self.mixture.bic(z), "train/aic": self.mixture.aic(z),
+        return {"train/bic": float(-2.0 * log_lik + p * math.log(n)), "train/aic": float(-2.0 * log_lik + 2.0 * p),
                 "train/degenerate_components": float(len(degenerate)), "train/reg_covar": self.reg_covar,
                 **getattr(datamodule, "facts", {})}
 
