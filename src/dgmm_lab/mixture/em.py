@@ -11,6 +11,7 @@ The products may run in float32 (``compute_dtype``) for speed; accumulation stay
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 import torch
@@ -85,8 +86,8 @@ def accumulate(
         at = slice(start, start + len(xc)) if whole_batch else slice(0, len(xc))
         centred = torch.sub(xc.to(compute_dtype), shift, out=centred_buf[at])
         squares = None if squares_buf is None else torch.mul(centred, centred, out=squares_buf[at])
-        log_norm, log_resp = centred_mixture.log_responsibilities(centred, squares)
-        resp = log_resp.exp() if resp_buf is None else torch.exp(log_resp, out=resp_buf[at])
+        weighted = centred_mixture.weighted_log_prob(centred, squares)
+        log_norm, resp = responsibilities(weighted, None if resp_buf is None else resp_buf[at], zeros=not whole_batch)
         if whole_batch:
             # each such term is below the rounding of the sums it would join; dropping
             # them from every statistic alike keeps each covariance a weighted covariance
@@ -103,6 +104,25 @@ def accumulate(
     if whole_batch:
         stats.sxx += full_second_moments(centred_buf, resp_buf, chunk_size)
     return torch.cat(log_likelihoods)
+
+
+def responsibilities(weighted: Tensor, out: Tensor | None = None, zeros: bool = True) -> tuple[Tensor, Tensor]:
+    """(log p(x) (N,), p(k | x) (N, K)) from the weighted log-densities (N, K), ``out`` taking the
+    responsibilities: torch's logsumexp and exp, with every exponent clamped where exp is still
+    a normal number, and the responsibilities clamped there (below 3.2e-38 in float32) set to
+    0 (``zeros=False``: left at exp(floor), for a caller that drops
+    them itself).  exp of an argument that underflows takes a slow path, and separated components put
+    most entries there (float32 below -87, float64 below -708): 0.4-1.2 ms per 2048 x 16
+    exponentials against 0.04 ms clamped (2 threads).  The log-likelihoods are bit-identical."""
+    floor = math.log(torch.finfo(weighted.dtype).tiny) + 1.0  # exp at log(tiny) itself is on the slow path
+    top = weighted.amax(-1)
+    shift = top.masked_fill(top.abs() == math.inf, 0.0)  # as torch.logsumexp
+    log_norm = (weighted - shift.unsqueeze(-1)).clamp_min_(floor).exp_().sum(-1).log_().add_(shift)
+    log_norm.masked_fill_(top == -math.inf, -math.inf)  # a row of -inf, which the clamp made finite
+    log_resp = weighted - log_norm.unsqueeze(-1)
+    underflow = log_resp < floor if zeros else None
+    resp = torch.exp(log_resp.clamp_min_(floor), out=out) if out is not None else log_resp.clamp_min_(floor).exp_()
+    return log_norm, resp if underflow is None else resp.masked_fill_(underflow, 0.0)
 
 
 SPARSE_BLOCK = 2**15
