@@ -74,7 +74,7 @@ def test_an_em_run_on_a_2_gb_file_never_holds_the_file(tmp_path):
              "re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))); "
              "runpy.run_module('dgmm_lab.train', run_name='__main__')")
     done = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "peak_kb"), "model=em_gmm", "data=array",
-                           "data.path=big.npy", "k=4", "data.batch_size=65536", "trainer.max_epochs=2",
+                           "data.path=big.npy", "k=4", "data.batch_size=65536", "trainer.max_epochs=1",
                            "hydra.run.dir=run"], cwd=tmp_path, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
     peak = int((tmp_path / "peak_kb").read_text()) * 1024
