@@ -97,8 +97,12 @@ def test_csv_round_trip_equals_the_python_api(csv_run, tmp_path):
     np.testing.assert_array_equal(out["probability"].astype(float), proba[np.arange(len(x)), model.predict(x)])
 
 
-def test_input_omitted_scores_the_test_split(csv_run, tmp_path):
-    predict_cli.main([f"ckpt_path={csv_run / 'run' / 'checkpoints' / 'last.ckpt'}", f"output={tmp_path / 'test.npz'}"])
+@pytest.mark.parametrize("batches", ["one batch", "many batches"])
+def test_input_omitted_scores_the_test_split(batches, csv_run, tmp_path):
+    # a new user's 10,000-row test split, more than a batch, once came out as "the input has no rows"
+    size = [] if batches == "one batch" else ["batch_size=7"]
+    predict_cli.main([f"ckpt_path={csv_run / 'run' / 'checkpoints' / 'last.ckpt'}", f"output={tmp_path / 'test.npz'}",
+                      *size])
     out = np.load(tmp_path / "test.npz")
     datamodule, module = load_model(csv_run / "run")
     x, y = datamodule.tensors("test")

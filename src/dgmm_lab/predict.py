@@ -171,12 +171,12 @@ def predict(ckpt: str, input_path: Path | None, output: Path, overwrite: bool = 
     try:
         with written_whole(output, binary=suffix != ".csv") as handle:
             columns = Columns(suffix, handle)
-            for x, y in source:
-                out = answers(model, x, y if model.conditional else None)
-                if input_path is None and y is not None and not model.conditional:
-                    out["label"] = np.asarray(y, dtype=np.int64)
+            for xb, yb in source:  # not x, y: the test split's batches are sliced from those
+                out = answers(model, xb, yb if model.conditional else None)
+                if input_path is None and yb is not None and not model.conditional:
+                    out["label"] = np.asarray(yb, dtype=np.int64)
                 columns.add(out)
-                progress.update(len(x))
+                progress.update(len(xb))
             columns.finish()
     finally:
         progress.close()
