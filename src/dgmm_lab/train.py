@@ -83,14 +83,18 @@ def cli() -> None:
     try:
         check_overrides(sys.argv[1:])
         check_composes(sys.argv[1:])
+        main()
     except ConfigError as err:
         report_and_exit(err)
-    try:
-        main()
-    except KeyboardInterrupt:  # Ctrl-C while a parallel launcher waits for its jobs
-        sweep_dir = stop_parallel_sweep()
-        print(f"dgmm_lab: sweep interrupted (Ctrl-C); the same command with hydra.sweep.dir={sweep_dir} "
-              "resumes it (finished jobs are skipped)", file=sys.stderr)
+    except KeyboardInterrupt:  # Ctrl-C before a run's own handler is in place, or while a parallel launcher waits
+        from .console import SweepSummary
+
+        if SweepSummary.started is None:
+            print("dgmm_lab: interrupted by SIGINT before training started; nothing was trained", file=sys.stderr)
+        else:
+            sweep_dir = stop_parallel_sweep()
+            print(f"dgmm_lab: sweep interrupted (Ctrl-C); the same command with hydra.sweep.dir={sweep_dir} "
+                  "resumes it (finished jobs are skipped)", file=sys.stderr)
         sys.exit(130)
 
 

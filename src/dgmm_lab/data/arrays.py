@@ -92,6 +92,9 @@ class ArrayDataModule(TensorDataModule):
                               "allowed: numbers only (encode text columns first)") from None
         if x.ndim == 1:
             x = x[:, None]
+        if x.ndim != 2:
+            raise ConfigError(f"{where}: the features have shape {x.shape}; allowed: a 2-D array, samples x "
+                              "features (flatten images first: x.reshape(len(x), -1))")
         if len(x) == 0:
             raise ConfigError(f"{where} holds no samples (0 rows); "
                               f"allowed: {WHAT_A_FILE_HOLDS[suffix]}")
@@ -228,10 +231,10 @@ class ArrayDataModule(TensorDataModule):
         except Exception as err:  # noqa: BLE001
             raise ConfigError(f"{where} is not a readable .npy file ({type(err).__name__}: {' '.join(str(err).split())}); "
                               f"allowed: {WHAT_A_FILE_HOLDS['.npy']}") from None
-        array = array.reshape(-1, 1) if array.ndim == 1 else array
-        if array.ndim != 2 or not np.issubdtype(array.dtype, np.number) or len(array) == 0:
+        if array.ndim not in (1, 2) or not np.issubdtype(array.dtype, np.number) or len(array) == 0:
             raise ConfigError(f"{where} holds an array of shape {array.shape} and dtype {array.dtype}; allowed (with "
-                              "data.memory_map): a non-empty 2-D numeric array, samples x features")
+                              "data.memory_map): a non-empty 1-D or 2-D numeric array, samples x features")
+        array = array.reshape(-1, 1) if array.ndim == 1 else array
         role, label = ("targets", self.targets) if self.targets is not None else ("label", self.label)
         for key, spec in (("features", self.features), (role, label)):
             if isinstance(as_spec(spec, f"data.{key}"), str):
@@ -259,7 +262,7 @@ class ArrayDataModule(TensorDataModule):
             if not finite.all():
                 rows, cols = np.nonzero(~finite)
                 bad += int((~finite).sum())
-                first += [(start + r, columns[c]) for r, c in zip(rows[:5], cols[:5])][: 5 - len(first)]
+                first += [(start + int(r), columns[c]) for r, c in zip(rows[:5], cols[:5])][: 5 - len(first)]
             if label_cols is not None:
                 labels.append(block[:, label_cols])
         if bad:
