@@ -111,8 +111,8 @@ class ArrayDataModule(TensorDataModule):
         labels = np.full(len(x), -1) if y is None else np.asarray(y).reshape(-1).astype(np.int64)
         return torch.as_tensor(x), torch.as_tensor(labels)
 
-    def _read_arrays(self, suffix: str) -> dict[str, np.ndarray]:
-        """The file's arrays by key ('' for the one array of a .npy)."""
+    def _read_arrays(self, suffix: str, mmap_mode: str | None = None) -> dict[str, np.ndarray]:
+        """The file's arrays by key ('' for the one array of a .npy, memory-mapped with ``mmap_mode``)."""
         where = f"data.path={str(self.path)!r}"
         # numpy reads a file without its header as a pickle, and says so: say what it is not
         if suffix == ".npz" and not zipfile.is_zipfile(self.path):
@@ -121,7 +121,7 @@ class ArrayDataModule(TensorDataModule):
             raise ConfigError(f"{where} is not a .npy file (no NUMPY header); allowed: {WHAT_A_FILE_HOLDS[suffix]}")
         try:
             if suffix == ".npy":
-                return {"": np.load(self.path)}
+                return {"": np.load(self.path, mmap_mode=mmap_mode)}
             if suffix == ".mat":
                 from scipy.io import loadmat
 
@@ -137,6 +137,13 @@ class ArrayDataModule(TensorDataModule):
         arrays = self._read_arrays(suffix)
         if not arrays:
             raise ConfigError(f"data.path={str(self.path)!r} holds no arrays; allowed: {WHAT_A_FILE_HOLDS[suffix]}")
+        role, features, label = self._specs(suffix)
+        x, y, self.column_names = select_columns(arrays, features, label, role, self.path.name)
+        return x, y
+
+    def _specs(self, suffix: str):
+        """(the label's role, 'label' or 'targets'; the features' and its column specs); a .npy
+        holds one array, so only column indices pick from it."""
         role, label = ("targets", self.targets) if self.targets is not None else ("label", self.label)
         features, label = as_spec(self.features, "data.features"), as_spec(label, f"data.{role}")
         if suffix == ".npy":
@@ -144,8 +151,7 @@ class ArrayDataModule(TensorDataModule):
                 if isinstance(spec, str):
                     raise ConfigError(f"data.{key}={spec!r} names an array, and a .npy holds one; allowed: "
                                       f"column indices (e.g. data.{key}=-1), or a .npz, .mat or .csv file")
-        x, y, self.column_names = select_columns(arrays, features, label, role, self.path.name)
-        return x, y
+        return role, features, label
 
     def _csv(self):
         with open(self.path, newline="") as f:
@@ -224,24 +230,13 @@ class ArrayDataModule(TensorDataModule):
         reads the labels, one over the training rows fits the scaling; nothing else is read
         until a batch asks for it."""
         where = f"data.path={str(self.path)!r}"
-        if _head(self.path, 6) != b"\x93NUMPY":
-            raise ConfigError(f"{where} is not a .npy file (no NUMPY header); allowed: {WHAT_A_FILE_HOLDS['.npy']}")
-        try:
-            array = np.load(self.path, mmap_mode="r")
-        except Exception as err:  # noqa: BLE001
-            raise ConfigError(f"{where} is not a readable .npy file ({type(err).__name__}: {' '.join(str(err).split())}); "
-                              f"allowed: {WHAT_A_FILE_HOLDS['.npy']}") from None
+        array = self._read_arrays(".npy", mmap_mode="r")[""]
         if array.ndim not in (1, 2) or not np.issubdtype(array.dtype, np.number) or len(array) == 0:
             raise ConfigError(f"{where} holds an array of shape {array.shape} and dtype {array.dtype}; allowed (with "
                               "data.memory_map): a non-empty 1-D or 2-D numeric array, samples x features")
         array = array.reshape(-1, 1) if array.ndim == 1 else array
-        role, label = ("targets", self.targets) if self.targets is not None else ("label", self.label)
-        for key, spec in (("features", self.features), (role, label)):
-            if isinstance(as_spec(spec, f"data.{key}"), str):
-                raise ConfigError(f"data.{key}={spec!r} names an array, and a .npy holds one; allowed: "
-                                  f"column indices (e.g. data.{key}=-1), or a .npz, .mat or .csv file")
-        columns, label_cols = array_columns(array, as_spec(self.features, "data.features"),
-                                            as_spec(label, f"data.{role}"), role, "", self.path.name)
+        role, features, label = self._specs(".npy")
+        columns, label_cols = array_columns(array, features, label, role, "", self.path.name)
         file = FileRows(array)
         columns = list(range(array.shape[1])) if columns is None else columns
         self.column_names = columns
@@ -283,8 +278,8 @@ class ArrayDataModule(TensorDataModule):
         if self.scaling == "none":
             return torch.zeros(d, dtype=torch.float64), torch.ones(d, dtype=torch.float64)
         if self.scaling == "minmax":
-            low = np.min([b.min(0) for b in file.passes(columns, rows)], axis=0)
-            high = np.max([b.max(0) for b in file.passes(columns, rows)], axis=0)
+            ranges = [(b.min(0), b.max(0)) for b in file.passes(columns, rows)]
+            low, high = np.min([lo for lo, _ in ranges], axis=0), np.max([hi for _, hi in ranges], axis=0)
             offset, scale = torch.as_tensor(low), torch.as_tensor(high - low)
         else:
             mean = sum(b.sum(0) for b in file.passes(columns, rows)) / len(rows)

@@ -39,7 +39,7 @@ class FileRows:
         self.array = array
         self._map = underlying_map(array)
         self._touched = 0
-        self.row_bytes = array.strides[0] if array.ndim == 2 else array.itemsize
+        self.row_bytes = array.strides[0]
 
     def read(self, rows: np.ndarray | slice, columns: list[int] | None = None) -> np.ndarray:
         """Rows (sorted indices or a slice) and columns of the file as a float64 copy."""
@@ -92,9 +92,6 @@ class MappedSplit:
     def numpy(self) -> np.ndarray:
         """The whole split, read into memory."""
         return self[:].numpy()
-
-    def nbytes(self) -> int:
-        return self.shape[0] * self.shape[1] * 4
 
     def __getitem__(self, index) -> Tensor:
         if isinstance(index, (int, np.integer)):

@@ -285,11 +285,17 @@ class MixtureDensity:
         return n_parameters(self.n_components, self.dim, self.covariance_type)
 
     def bic(self, x: Tensor) -> float:
-        n = x.shape[0]
-        return float(-2.0 * self.log_prob(x).sum() + self.n_parameters() * math.log(n))
+        return self.bic_of(self.log_prob(x).sum(), x.shape[0])
 
     def aic(self, x: Tensor) -> float:
-        return float(-2.0 * self.log_prob(x).sum() + 2.0 * self.n_parameters())
+        return self.aic_of(self.log_prob(x).sum())
+
+    def bic_of(self, log_likelihood: Tensor | float, n: int) -> float:
+        """BIC of data of ``n`` samples whose log-likelihood (summed) is given (x read in batches)."""
+        return float(-2.0 * log_likelihood + self.n_parameters() * math.log(n))
+
+    def aic_of(self, log_likelihood: Tensor | float) -> float:
+        return float(-2.0 * log_likelihood + 2.0 * self.n_parameters())
 
     def to(self, *args, **kwargs) -> "MixtureDensity":
         return MixtureDensity(self.log_weights.to(*args, **kwargs), self.means.to(*args, **kwargs),

@@ -121,7 +121,8 @@ def responsibilities(weighted: Tensor, out: Tensor | None = None, zeros: bool = 
     log_norm.masked_fill_(top == -math.inf, -math.inf)  # a row of -inf, which the clamp made finite
     log_resp = weighted - log_norm.unsqueeze(-1)
     underflow = log_resp < floor if zeros else None
-    resp = torch.exp(log_resp.clamp_min_(floor), out=out) if out is not None else log_resp.clamp_min_(floor).exp_()
+    log_resp.clamp_min_(floor)
+    resp = log_resp.exp_() if out is None else torch.exp(log_resp, out=out)
     return log_norm, resp if underflow is None else resp.masked_fill_(underflow, 0.0)
 
 

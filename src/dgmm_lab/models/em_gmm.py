@@ -227,9 +227,8 @@ class EMGMM(MixtureModule):
         size = len(x) if isinstance(x, torch.Tensor) else datamodule.eval_batch_size
         log_lik = sum(self.mixture.log_prob(self.backbone(xb.to(self.device)).double()).sum()
                       for xb in row_batches(x, size))
-        n, p = len(x), self.mixture.n_parameters()
         degenerate = self.degenerate_components(len(x))
-        return {"train/bic": float(-2.0 * log_lik + p * math.log(n)), "train/aic": float(-2.0 * log_lik + 2.0 * p),
+        return {"train/bic": self.mixture.bic_of(log_lik, len(x)), "train/aic": self.mixture.aic_of(log_lik),
                 "train/degenerate_components": float(len(degenerate)), "train/reg_covar": self.reg_covar,
                 **getattr(datamodule, "facts", {})}
 
