@@ -288,12 +288,12 @@ def dagmm_table(args) -> None:
 VADE_WEIGHTS = 784 * 500 + 500 * 500 + 500 * 2000 + 2000 * 20 + 10 * 2000 + 2000 * 500 + 500 * 500 + 500 * 784
 
 
-def gemm_peak(threads: int, m: int = 256, k: int = 2000, n: int = 500) -> float:
-    """GFLOP/s of the network's largest product at its batch size, float32, on ``threads``."""
+def gemm_peak(threads: int, dtype: str = "float32", m: int = 256, k: int = 2000, n: int = 500) -> float:
+    """GFLOP/s of the network's largest product at its batch size, in ``dtype``, on ``threads``."""
     import torch
 
     torch.set_num_threads(threads)
-    a, b = torch.randn(m, k), torch.randn(k, n)
+    a, b = torch.randn(m, k, dtype=getattr(torch, dtype)), torch.randn(k, n, dtype=getattr(torch, dtype))
     best = math.inf
     for _ in range(20):
         start = time.perf_counter()
@@ -306,27 +306,33 @@ def gemm_peak(threads: int, m: int = 256, k: int = 2000, n: int = 500) -> float:
 def vade_table(args) -> None:
     """VaDE's MNIST epoch (55k training images), our command on this code and on --before;
     its steps' rate as 6 FLOP per weight per sample (forward 2, backward 4) against the
-    float32 product peak at the batch size: how far the step is from the machine's floor."""
+    product peak at the batch size in the precision it trains in (float32, or bfloat16 under
+    ``trainer.precision=bf16-mixed``): how far the step is from the machine's floor."""
     overrides = ["experiment=vade_mnist", "objective.pretrain_epochs=0"]
+    fused = [*overrides, "+model.optimizer.fused=true"]
+    variants = {"ours": (overrides, "float32"), "ours, +model.optimizer.fused=true": (fused, "float32"),
+                "ours, +model.optimizer.fused=true trainer.precision=bf16-mixed": (
+                    [*fused, "trainer.precision=bf16-mixed"], "bfloat16")}
+    if args.before:
+        variants["ours before (older code)"] = (overrides, "float32")
     print(f"VaDE on MNIST (experiment=vade_mnist, no pre-training), {args.epochs} epochs per run (the first not "
           f"counted), median of {args.rounds} rounds\n")
     print("| threads | what | samples/s | seconds per epoch | vs before | steps' GFLOP/s (of the product peak) |")
     print("|---|---|---|---|---|---|")
     profiles = {}
     for threads in args.threads:
-        runners = {"ours": lambda: our_epoch("", threads, args.epochs, None, overrides, 55_000)}
-        if args.before:
-            runners["ours before (older code)"] = lambda: our_epoch("", threads, args.epochs, args.before, overrides,
-                                                                    55_000)
+        runners = {what: (lambda o=o, what=what: our_epoch("", threads, args.epochs, args.before if "before" in what
+                                                              else None, o, 55_000))
+                   for what, (o, _) in variants.items()}
         runs = interleaved(runners, args.rounds)
         before = statistics.median(r["samples_per_s"] for r in runs.get("ours before (older code)", runs["ours"]))
-        peak = float(in_subprocess("gemm_peak", threads))
+        peaks = {dtype: float(in_subprocess("gemm_peak", threads, dtype)) for dtype in ("float32", "bfloat16")}
         for what, rs in runs.items():
             rate = statistics.median(r["samples_per_s"] for r in rs)
             steps = statistics.median(r["profile"]["run_training_batch"] / args.epochs for r in rs)
-            achieved = 6 * VADE_WEIGHTS * 55_000 / steps / 1e9
+            achieved, peak = 6 * VADE_WEIGHTS * 55_000 / steps / 1e9, peaks[variants[what][1]]
             print(f"| {threads} | {what} | {rate / 1000:.1f}k | {55_000 / rate:.2f} | {rate / before:.2f} "
-                  f"| {achieved:.0f} of {peak:.0f} ({achieved / peak:.0%}) |", flush=True)
+                  f"| {achieved:.0f} of {peak:.0f} {variants[what][1]} ({achieved / peak:.0%}) |", flush=True)
         profiles[threads] = {f"VaDE, {what}": rs[-1] for what, rs in runs.items()}
     print_profiles(profiles, args.epochs)
 

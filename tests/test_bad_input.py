@@ -41,6 +41,13 @@ def cli(args: list[str], tmp_path):
     (["model=deep_gmm", "trainer.max_epochs=-1"], ["trainer.max_epochs=-1 would train model=deep_gmm forever",
                                                    "allowed: an integer >= 0"]),
     (["data.val_fraction=1.5"], ["data.val_fraction=1.5 is not allowed", "allowed: a number in [0, 1)"]),
+    (["trainer.precision=16-mixed"], ["trainer.precision='16-mixed' is not allowed", "allowed: 32-true, bf16-mixed"]),
+    (["trainer.precision=bf16-mixed"], ["trainer.precision=bf16-mixed is not allowed with model=em_gmm",
+                                        "allowed: 32-true (bf16-mixed is offered with objective=vade)"]),
+    (["model=deep_gmm", "objective=dagmm", "trainer.precision=bf16-mixed"],
+     ["trainer.precision=bf16-mixed is not allowed with objective=dagmm"]),
+    (["model=deep_gmm", "+model.optimizer.fused=yes"], ["model.optimizer.fused='yes' is not allowed",
+                                                        "allowed: true or false, or null"]),
 ])
 def test_bad_value_is_one_line(args, needles, tmp_path):
     assert_one_error_line(cli(args, tmp_path), tmp_path, *needles)

@@ -129,3 +129,20 @@ def test_validation_catches_bad_shapes_and_weights():
         MixtureDensity(m.log_weights + 1, m.means, m.precisions_cholesky, "diag", validate_args=True)
     with pytest.raises(ValueError, match="covariance_type='foo'"):
         MixtureDensity(m.log_weights, m.means, m.precisions_cholesky, "foo")
+
+
+@pytest.mark.parametrize("cov_type", COVARIANCE_TYPES)
+def test_autocast_leaves_the_density_in_float32(cov_type):
+    # trainer.precision=bf16-mixed runs the networks under bfloat16 autocast; the density's
+    # products must not follow (a bf16 Mahalanobis product keeps ~3 digits)
+    weights, means, cov = random_mixture(cov_type, k=5, d=12, seed=3)
+    mixture = ours(weights, means, cov, cov_type)
+    mixture = MixtureDensity(*(t.float() for t in (mixture.log_weights, mixture.means,
+                                                    mixture.precisions_cholesky)), cov_type)
+    x = torch.randn(300, 12, generator=torch.Generator().manual_seed(0)) * 3
+    expected = mixture.log_prob(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = mixture.log_prob(x)
+        got_bf16_input = mixture.log_prob(x.bfloat16())
+    assert got.dtype == torch.float32 and torch.equal(got, expected)
+    assert torch.allclose(got_bf16_input, mixture.log_prob(x.bfloat16().float()))

@@ -2,6 +2,7 @@
 file and load it, whole."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -31,3 +32,18 @@ def test_parallel_jobs_pretrain_once_and_load_the_same_autoencoder(tmp_path):
     # a job that loaded starts from the autoencoder the other trained: same K, same results
     a, b = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in "ab")
     assert {k: v for k, v in a.items() if "seconds" not in k} == {k: v for k, v in b.items() if "seconds" not in k}
+
+
+def test_bf16_and_fused_adam_train_the_autoencoder_under_their_own_cache_key(tmp_path):
+    # the stage trains as the model does (fused Adam, bfloat16 autocast): another autoencoder,
+    # so another cache file
+    from conftest import train_in_process
+
+    cache = tmp_path / "cache"
+    runs = {"f32": [], "fast": ["trainer.precision=bf16-mixed", "+model.optimizer.fused=true"]}
+    metrics = {}
+    for name, extra in runs.items():
+        metrics[name] = train_in_process([*PRETRAIN, "k=2", f"paths.cache_dir={cache}", *extra], tmp_path / name)
+    assert len(list((cache / "pretrain").glob("*.pt"))) == 2  # the second run did not load the first's
+    assert all(math.isfinite(m["test/nll"]) for m in metrics.values())
+    assert metrics["f32"]["test/nll"] != metrics["fast"]["test/nll"]

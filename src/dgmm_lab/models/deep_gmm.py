@@ -21,7 +21,7 @@ from ..distributed import all_reduce_with_grad, gather_uneven, sum_over_processe
 from ..nets.feature_extractor import FeatureExtractor
 from ..objectives.base import Objective
 from .base import MixtureModule
-from .pretraining import pretrain
+from .pretraining import FastPath, pretrain
 from .step_window import StepWindow
 
 
@@ -60,8 +60,9 @@ class DeepGMM(MixtureModule):
             # them, so a run that loads the cache continues exactly as the one that wrote it
             cuda = [self.device.index or 0] if self.device.type == "cuda" else []
             with torch.random.fork_rng(devices=cuda):
+                fast = FastPath(getattr(self.make_optimizer, "keywords", {}).get("fused"), str(self.trainer.precision))
                 pretrain(self.objective, self.trainer.datamodule, self.device, self.hparams.seed,
-                         self.trainer.is_global_zero)
+                         self.trainer.is_global_zero, fast)
         self.objective.initialize(x, generator)
 
     # ------------------------------------------------------------------ training

@@ -10,6 +10,8 @@ or the covariance type pre-trains once: the jobs of a parallel sweep take turns 
 file beside the cache, the first pre-trains, the others wait and load its file, which is
 written whole (a temporary file renamed into place).  Under DDP only rank 0 of a job takes
 that lock and its ranks follow its decision, so they never wait on each other's lock.
+The stage trains as the model does: with the optimiser's ``fused`` kernel and under the
+trainer's bfloat16 autocast where the run asks for them (``FastPath``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import logging
 import os
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -36,10 +39,27 @@ log = logging.getLogger(__name__)
 MIXTURE_PREFIX = "parameter_generator."
 
 
-def pretrain(objective: Objective, datamodule, device: torch.device, seed: int, is_global_zero: bool) -> None:
+@dataclass(frozen=True)
+class FastPath:
+    """The model's speed settings the stage copies: Adam's ``fused`` kernel (the model's
+    ``optimizer.fused``) and ``trainer.precision``.  Both change the last digits, so a
+    non-default one is part of the cache key."""
+
+    fused: bool | None = None
+    precision: str = "32-true"
+
+    def key(self) -> tuple:
+        return () if self == FastPath() else (self.fused, self.precision)
+
+    def autocast(self, device: torch.device):
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16-mixed")
+
+
+def pretrain(objective: Objective, datamodule, device: torch.device, seed: int, is_global_zero: bool,
+             fast: FastPath = FastPath()) -> None:
     """Train the objective's networks, without its mixture, on ``objective.pretrain_loss``;
     load them from the cache instead where an identical stage ran before."""
-    cache = cache_path(objective, datamodule, seed)
+    cache = cache_path(objective, datamodule, seed, fast)
     with cache_turn(cache, device, is_global_zero) as cached:
         if cached:
             state = torch.load(cache, map_location=device)
@@ -47,7 +67,7 @@ def pretrain(objective: Objective, datamodule, device: torch.device, seed: int, 
                                       strict=False)
             log.info("pre-trained autoencoder loaded from %s", cache)
             return
-        train(objective, datamodule, device)
+        train(objective, datamodule, device, fast)
         if cache is not None and is_global_zero:
             state = {k: v for k, v in objective.state_dict().items() if not k.startswith(MIXTURE_PREFIX)}
             tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
@@ -113,23 +133,24 @@ def _from_rank_zero(decision: int, device: torch.device) -> int:
     return int(t.item())
 
 
-def train(objective: Objective, datamodule, device: torch.device) -> None:
+def train(objective: Objective, datamodule, device: torch.device, fast: FastPath) -> None:
     stage = objective.pretraining
     params = [p for n, p in objective.named_parameters() if not n.startswith(MIXTURE_PREFIX)]
-    opt = torch.optim.Adam(params, lr=stage.lr)
+    opt = torch.optim.Adam(params, lr=stage.lr, fused=fast.fused)
     loader = datamodule.train_dataloader()
     augment = augmentation(stage.rotation, stage.shift, getattr(datamodule, "image_shape", None))
     for epoch in range(stage.epochs):
-        total = 0.0
+        total = torch.zeros((), dtype=torch.float64, device=device)  # read once an epoch: no sync per step
         for x, _ in loader:
             stop_point()
-            loss = objective.pretrain_loss(augment(x.to(device)))
+            with fast.autocast(device):
+                loss = objective.pretrain_loss(augment(x.to(device)))
             opt.zero_grad()
             loss.backward()
             average_gradients_over_processes(params)
             opt.step()
-            total += float(loss.detach())
-        log.info("pre-training epoch %d: reconstruction %.4f", epoch, total / max(1, len(loader)))
+            total += loss.detach()
+        log.info("pre-training epoch %d: reconstruction %.4f", epoch, float(total) / max(1, len(loader)))
 
 
 def average_gradients_over_processes(params: list[nn.Parameter]) -> None:
@@ -151,12 +172,12 @@ def augmentation(rotation: float, shift: float, image_shape):
     return lambda x: random_affine(x, image_shape, rotation, shift)
 
 
-def cache_path(objective: Objective, datamodule, seed: int) -> Path | None:
+def cache_path(objective: Objective, datamodule, seed: int, fast: FastPath = FastPath()) -> Path | None:
     stage = objective.pretraining
     if not stage.cache_dir:
         return None
     backbone = objective.backbone
     key = repr((type(backbone).__name__, sorted(datamodule.hparams.items()) if hasattr(datamodule, "hparams") else None,
                 datamodule.n_train, backbone.out_dim, sum(p.numel() for p in backbone.parameters()),
-                stage.epochs, stage.lr, seed, *stage.settings, stage.rotation, stage.shift))
+                stage.epochs, stage.lr, seed, *stage.settings, stage.rotation, stage.shift, *fast.key()))
     return Path(stage.cache_dir) / f"pretrain-{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"

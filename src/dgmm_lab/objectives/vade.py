@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from .base import Objective, Pretraining
 
-from ..mixture.density import MixtureDensity, component_log_prob
+from ..mixture.density import MixtureDensity, at_least_float32, component_log_prob
 from ..mixture.estimator import GaussianMixture
 from ..nets.feature_extractor import FeatureExtractor
 from ..mixture.covariances import floor_variances, precision_diagonal
@@ -79,7 +79,7 @@ class VaDEObjective(Objective):
         return self.backbone.head(h), self.log_var_head(h).clamp(-20, 10)
 
     def reconstruction_nll(self, x: Tensor, z: Tensor) -> Tensor:
-        out = self.backbone.decode(z).flatten(1)
+        out = at_least_float32(self.backbone.decode(z).flatten(1))  # float32 under mixed precision too
         target = x.flatten(1)
         if self.likelihood == "bernoulli":
             return F.binary_cross_entropy_with_logits(out, target, reduction="none").sum(1)
@@ -91,15 +91,19 @@ class VaDEObjective(Objective):
 
     def negative_elbo(self, x: Tensor, sample: bool) -> tuple[Tensor, dict[str, Tensor]]:
         mu, log_var = self.encode(x)
-        z = mu + torch.randn_like(mu) * (0.5 * log_var).exp() if sample else mu
-        mixture = self.mixture()
-        log_gamma = torch.log_softmax(mixture.weighted_log_prob(z), -1)
-        gamma = log_gamma.exp()
-        expected_log_pz_c = (component_log_prob(mu, mixture.means, mixture.precisions_cholesky,
-                                                mixture.covariance_type)
-                             - 0.5 * log_var.exp() @ precision_diagonal(mixture).T)
-        prior = (gamma * (mixture.log_weights + expected_log_pz_c - log_gamma)).sum(1)
-        entropy = 0.5 * (1 + math.log(2 * math.pi) + log_var).sum(1)
+        # under mixed precision (trainer.precision=bf16-mixed) the networks run in bfloat16
+        # and the prior's terms in float32 (no-ops in float32 training)
+        with torch.autocast(x.device.type, enabled=False):
+            mu, log_var = at_least_float32(mu), at_least_float32(log_var)
+            z = mu + torch.randn_like(mu) * (0.5 * log_var).exp() if sample else mu
+            mixture = self.mixture()
+            log_gamma = torch.log_softmax(mixture.weighted_log_prob(z), -1)
+            gamma = log_gamma.exp()
+            expected_log_pz_c = (component_log_prob(mu, mixture.means, mixture.precisions_cholesky,
+                                                    mixture.covariance_type)
+                                 - 0.5 * log_var.exp() @ precision_diagonal(mixture).T)
+            prior = (gamma * (mixture.log_weights + expected_log_pz_c - log_gamma)).sum(1)
+            entropy = 0.5 * (1 + math.log(2 * math.pi) + log_var).sum(1)
         reconstruction = self.reconstruction_nll(x, z)
         nelbo = reconstruction - prior - entropy
         return nelbo, {"reconstruction": reconstruction.mean(), "kl": (-prior - entropy).mean()}
