@@ -78,5 +78,6 @@ def scatter_with_ellipses(x: Tensor, labels: Tensor | None, mixture: MixtureDens
         ax.plot(*mean[:2], "k+", ms=8)
     ax.set_title(title)
     ax.set_aspect("equal", adjustable="datalim")
-    fig.tight_layout()
+    # fixed margins: tight_layout renders the figure once more to measure its labels
+    fig.subplots_adjust(left=0.14, right=0.97, bottom=0.07, top=0.94)
     return fig
