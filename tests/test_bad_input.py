@@ -90,6 +90,18 @@ def test_bad_sweep_point_stops_the_sweep_before_any_job(tmp_path):
     assert_one_error_line(result, tmp_path, "data.batch_size=0 is not allowed; allowed: an integer >= 1")
 
 
+@pytest.mark.parametrize("args, needle", [
+    (["model=em_gmm", "trainer.precision=32-true,bf16-mixed"], "trainer.precision=bf16-mixed is not allowed with model=em_gmm"),
+    (["model=deep_gmm", "objective=vade,dagmm", "trainer.precision=bf16-mixed"],
+     "trainer.precision=bf16-mixed is not allowed with objective=dagmm"),
+])
+def test_a_precision_a_later_sweep_point_cannot_have_stops_the_sweep_before_any_job(args, needle, tmp_path):
+    # the first point is fine and would train; from a fresh directory, as a user runs it
+    result = run_cli([*args, *FAST, "-m"], cwd=tmp_path, timeout=120)
+    assert_one_error_line(result, tmp_path, needle)
+    assert not (tmp_path / "outputs").exists()
+
+
 @pytest.mark.parametrize("args, message", [
     (["seed=1,abc"], "seed='abc' is not allowed"),
     (["data.val_fraction=range(0.5,2,1)"], "data.val_fraction=1.5 is not allowed"),
@@ -223,6 +235,12 @@ def test_em_without_an_epoch_limit_stops_at_max_iter(tmp_path):
     (["model=deep_gmm", "model.optimizer.momentum=0.9"], "use +model.optimizer.momentum=..."),
     (["model=deep_gmm", "model.optimizer._target_=torch.optim.SGDD"],
      "model.optimizer._target_='torch.optim.SGDD' cannot be imported"),
+    (["model=deep_gmm", "+model.optimizer.foreach=true", "+model.optimizer.fused=true"],
+     "model.optimizer.fused=true with model.optimizer.foreach=true is not allowed; allowed: one of them"),
+    (["model=deep_gmm", "+model.optimizer.fused=true", "model.optimizer._target_=torch.optim.RMSprop"],
+     "model.optimizer.fused is not a setting of torch.optim.RMSprop; allowed: lr, "),
+    (["model=deep_gmm", "+model.optimizer.fused=true", "model.optimizer._target_=torch.optim.RMSprop"],
+     "(~model.optimizer.fused drops it)"),
     (["model=deep_gmm", "model.scheduler.T_max=0"], "model.scheduler.T_max=0 is not allowed; allowed: an integer >= 1"),
     (["model=deep_gmm", "model.lambda_energy=0.5"], "it is now objective.lambda_energy (objective=dagmm)"),
     (["model=deep_gmm", "objective=vade", "objective.likelihood=bernoulli"],

@@ -47,3 +47,9 @@ def test_bf16_and_fused_adam_train_the_autoencoder_under_their_own_cache_key(tmp
     assert len(list((cache / "pretrain").glob("*.pt"))) == 2  # the second run did not load the first's
     assert all(math.isfinite(m["test/nll"]) for m in metrics.values())
     assert metrics["f32"]["test/nll"] != metrics["fast"]["test/nll"]
+    # evaluate scores a checkpoint in its run's precision: the run's own test numbers come back
+    from dgmm_lab.evaluate import evaluate
+
+    best = next((tmp_path / "fast" / "checkpoints").glob("best-*.ckpt"))
+    again = evaluate(best, [], tmp_path / "eval")
+    assert again["test/nll"] == metrics["fast"]["test/nll"]

@@ -9,11 +9,12 @@ key, its close matches and the keys allowed where it was meant to go.
 from __future__ import annotations
 
 import difflib
+import itertools
 import re
 
 from omegaconf import DictConfig, OmegaConf
 
-from .config import CONF_DIR, ConfigError
+from .config import CONF_DIR, ConfigError, check_precision
 
 FLAGS = ("-m", "--multirun")
 _ABSENT = object()
@@ -52,8 +53,40 @@ def check_composes(argv: list[str]) -> None:
     except Exception as err:  # noqa: BLE001 (Hydra's and OmegaConf's errors have no common base)
         raise ConfigError(explain(err, overrides, points)) from None
     check_search_params(cfg)
+    check_precision(cfg)
     if any(a in FLAGS for a in argv):
         check_sweep_base(overrides, points)
+        check_precision_points(overrides, points)
+
+
+# the choices that decide whether trainer.precision=bf16-mixed is allowed (config.check_precision)
+PRECISION_DEPENDS_ON = ("model", "objective", "experiment", "trainer.precision")
+MAX_CHECKED_COMBINATIONS = 32
+
+
+def check_precision_points(overrides: list[str], points: list[str | None]) -> None:
+    """bf16-mixed is offered with objective=vade only.  A sweep that mixes it with another
+    model, objective or preset would stop at the first such job, after the jobs before it
+    trained: each combination of those swept choices is composed and checked first."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if not any("bf16" in a for a in overrides if a.lstrip("+~").startswith("trainer.precision=")) \
+            and not any(a.startswith("experiment=") for a in overrides):
+        return
+    swept = {}
+    for i, arg in enumerate(overrides):
+        if points[i] is None or points[i] == arg:
+            continue
+        override = OverridesParser.create().parse_overrides([arg])[0]
+        if override.get_key_element().lstrip("+~") in PRECISION_DEPENDS_ON and override.is_discrete_sweep():
+            swept[i] = [f"{override.get_key_element()}={v}" for v in override.sweep_string_iterator()]
+    combinations = list(itertools.product(*swept.values()))
+    if not swept or len(combinations) > MAX_CHECKED_COMBINATIONS:
+        return
+    for combination in combinations[1:]:  # the first point was checked with the config itself
+        chosen = dict(zip(swept, combination))
+        cfg = compose([chosen.get(i, p) for i, p in enumerate(points) if p is not None])
+        check_precision(cfg)
 
 
 def check_sweep_base(overrides: list[str], points: list[str | None]) -> None:

@@ -174,7 +174,7 @@ def _check_monitor_and_device(cfg: DictConfig) -> None:
     if metric is not None and metric not in allowed:
         raise ConfigError(f"optimized_metric={metric!r} is not allowed; allowed: {', '.join(allowed)} "
                           f"(minimised; val/bits_per_dim for image densities; default: {own})")
-    _check_precision(cfg)
+    check_precision(cfg)
     accelerator = str(cfg.get("trainer", {}).get("accelerator", "cpu"))
     if accelerator in ("gpu", "cuda"):
         import torch
@@ -187,7 +187,7 @@ def _check_monitor_and_device(cfg: DictConfig) -> None:
 PRECISIONS = ("32-true", "bf16-mixed")
 
 
-def _check_precision(cfg: DictConfig) -> None:
+def check_precision(cfg: DictConfig) -> None:
     """bfloat16 autocast is offered where it was measured to keep the result: VaDE's networks
     (its ELBO's prior in float32).  EM's statistics and DAGMM's error features (a cosine
     within 1e-6 of 1) would lose their digits; a flow's log-determinant too."""
@@ -270,7 +270,7 @@ VALUE_RANGES = {
     "model.tol": Range(float, 0), "model.reg_covar": Range(float, 0, words=("auto",)), "model.max_iter": Range(int, 1),
     "model.n_init": Range(int, 1), "model.init_max_samples": Range(int, 1), "model.init_em_steps": Range(int, 0),
     "model.optimizer.lr": Range(float, 0, open_low=True), "model.optimizer.weight_decay": Range(float, 0),
-    "model.optimizer.fused": Range(bool, nullable=True),
+    "model.optimizer.fused": Range(bool, nullable=True), "model.optimizer.foreach": Range(bool, nullable=True),
     "model.scheduler.T_max": Range(int, 1, nullable=True),
     "objective.n_init": Range(int, 1), "objective.min_scale": Range(float, 0, open_low=True),
     "objective.lambda_energy": Range(float, 0), "objective.lambda_cov": Range(float, 0),
@@ -349,7 +349,13 @@ def _check_partials(cfg: DictConfig) -> None:
         for key in node:
             if not str(key).startswith("_") and key not in params:
                 allowed = [n for n in params if n not in built_in and n != "self"]
-                raise ConfigError(f"{path}.{key} is not a setting of {node._target_}; allowed: {', '.join(allowed)}")
+                # the key may come from a preset (experiment=vade_mnist sets fused): say how to drop it
+                raise ConfigError(f"{path}.{key} is not a setting of {node._target_}; allowed: {', '.join(allowed)} "
+                                  f"(~{path}.{key} drops it)")
+    optimizer = OmegaConf.select(cfg, "model.optimizer") or {}
+    if optimizer.get("fused") and optimizer.get("foreach"):
+        raise ConfigError("model.optimizer.fused=true with model.optimizer.foreach=true is not allowed; allowed: "
+                          "one of them (fused is the faster on a CPU)")
 
 
 def _check_launcher(cfg: DictConfig) -> None:

@@ -79,7 +79,9 @@ def evaluate(ckpt: Path, overrides: list[str], output_dir: Path | None = None) -
         raise ConfigError(f"{changed} gives samples of shape {tuple(datamodule.input_shape)}, and {ckpt} was trained "
                           f"on samples of shape {tuple(trained_on)}; allowed: data with the training's shape")
     model.load_state_dict(content["state_dict"])
+    # in the run's own precision (bf16-mixed: VaDE's networks in bfloat16), so the run's test numbers come back
     trainer = pl.Trainer(accelerator=cfg.trainer.get("accelerator", "cpu"), devices=1, logger=False,
+                         precision=cfg.trainer.get("precision", "32-true"),
                          enable_progress_bar=False, enable_model_summary=False)
     trainer.test(model, datamodule=datamodule, verbose=False)
     metrics = {k: v for k, v in model.exact_metrics.items() if k.startswith("test/")}

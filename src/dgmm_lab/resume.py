@@ -17,9 +17,12 @@ from .lifecycle import check_checkpoint, checkpoint_epoch, read_status, write_st
 
 log = logging.getLogger(__name__)
 
-# settings a resumed run may change: how long and where it trains, what it logs
+# settings a resumed run may change: how long, where and how fast it trains, what it logs
 MAY_CHANGE_ON_RESUME = ("trainer", "paths", "callbacks", "logger", "resume", "ckpt_path", "test", "test_ckpt",
-                        "num_threads", "data.num_workers", "data.eval_batch_size", "data.on_device")
+                        "num_threads", "data.num_workers", "data.eval_batch_size", "data.on_device",
+                        "model.optimizer.fused", "model.optimizer.foreach")
+# of those, the ones that change a run's digits: a change is said in the log
+CHANGES_DIGITS = ("trainer.precision", "model.optimizer.fused", "model.optimizer.foreach")
 
 
 def finished_run(cfg: DictConfig, output_dir: Path) -> dict | None:
@@ -57,15 +60,27 @@ def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
     if not cfg.get("resume", True) or not last.exists():
         return None
     content = check_checkpoint(last, "resume", remedy="run with resume=false to start afresh, or delete it")
-    changed = config_differences(content.get("dgmm_lab_config"), OmegaConf.to_container(cfg, resolve=True))
+    saved, current = content.get("dgmm_lab_config"), OmegaConf.to_container(cfg, resolve=True)
+    changed = config_differences(saved, current)
     if changed:
-        shown = ", ".join(f"{k}={old!r} (now {new!r})" for k, old, new in changed[:4])
+        shown = ", ".join(f"{k}={spelled(old)} (now {spelled(new)})" for k, old, new in changed[:4])
         more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
         raise ConfigError(f"resume: {last} was trained with {shown}{more}; resume it with its own settings, "
                           "or train these with resume=false (moves the old results aside) or another hydra.run.dir")
     _check_epochs_left(content, cfg, str(last), "or resume=false to start afresh (moves the old results aside)")
     log.info("resuming from %s", last)
+    old, new = _flat(saved or {}), _flat(current)
+    for key in CHANGES_DIGITS:
+        if saved and old.get(key) != new.get(key):
+            log.warning("resuming with %s=%s; the epochs before were trained with %s=%s", key, spelled(new.get(key)),
+                        key, spelled(old.get(key)))
     return str(last)
+
+
+def spelled(value) -> str:
+    """A config value as it is typed on the command line (true, null, 'text', 3)."""
+    return {True: "true", False: "false", None: "null"}[value] if value is None or isinstance(value, bool) \
+        else repr(value)
 
 
 def _check_epochs_left(content: dict, cfg: DictConfig, what: str, otherwise: str) -> None:
