@@ -107,6 +107,10 @@ _SQ_MAHALANOBIS = {
 }
 
 
+# devices that have autocast (asking torch about another, "meta" included, raises)
+AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps", "hpu")
+
+
 def at_least_float32(t: Tensor | None) -> Tensor | None:
     """bfloat16/float16 (what autocast's products return) as float32; wider dtypes as they are."""
     return t.float() if t is not None and t.dtype in (torch.bfloat16, torch.float16) else t
@@ -119,7 +123,7 @@ def component_log_prob(
     ``x_sq``: x**2 (N, D), if already computed (used by diag and spherical only).
     Under autocast (``trainer.precision=bf16-mixed``) it computes in float32 all the same:
     a bfloat16 Mahalanobis product keeps about 3 significant digits of a sum of D squares."""
-    if torch.is_autocast_enabled(x.device.type):
+    if x.device.type in AUTOCAST_DEVICES and torch.is_autocast_enabled(x.device.type):
         with torch.autocast(x.device.type, enabled=False):
             wide = [at_least_float32(t) for t in (x, means, prec_chol, x_sq)]
             return component_log_prob(*wide[:3], covariance_type, wide[3])
