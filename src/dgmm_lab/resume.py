@@ -70,8 +70,8 @@ def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
     _check_epochs_left(content, cfg, str(last), "or resume=false to start afresh (moves the old results aside)")
     log.info("resuming from %s", last)
     old, new = _flat(saved or {}), _flat(current)
-    for key in CHANGES_DIGITS:
-        if saved and old.get(key) != new.get(key):
+    for key in CHANGES_DIGITS if saved else ():
+        if old.get(key) != new.get(key):
             log.warning("resuming with %s=%s; the epochs before were trained with %s=%s", key, spelled(new.get(key)),
                         key, spelled(old.get(key)))
     return str(last)
