@@ -27,6 +27,8 @@ from dgmm_lab.config import CONF_DIR, ConfigError, check_config, group_options
     (["data=array", "data.path=/nonexistent/x.npz"], "/nonexistent/x.npz"),
     (["model=deep_gmm", "objective=vade", "backbone=mlp", "objective.pretrain_reconstruction=l1"],
      "objective.pretrain_reconstruction='l1' is not one of likelihood, squared_error"),
+    (["model=deep_gmm", "objective=vade", "backbone=mlp", "objective.init_selection=balance"],
+     "objective.init_selection='balance' is not one of likelihood, entropy"),
     (["model=deep_gmm", "objective=vade", "backbone=mlp", "data=mnist", "objective.pretrain_shift=0.7"],
      "objective.pretrain_shift=0.7 is not allowed; allowed: a number in [0, 0.5)"),
     (["model=deep_gmm", "objective=vade", "backbone=mlp", "objective.pretrain_rotation=10"],

@@ -145,3 +145,26 @@ def test_bad_start_values_raise_value_error_naming_the_file(content, cov_type, e
     with pytest.raises(ValueError) as err:
         load_start_values(str(path), 3, 2, cov_type)
     assert f"model.init_from={str(path)!r}" in str(err.value) and expected in str(err.value)
+
+
+def test_entropy_selection_keeps_the_evenly_weighted_start_where_the_likeliest_merges_two_clusters():
+    """Three clusters of 1000 points: two overlapping normals and a wide uniform bar.  The
+    likeliest of 12 fits merges the pair and splits the bar in two (weights 0.22/0.67/0.11);
+    ``init_selection="entropy"`` keeps a start that separates the pair."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from dgmm_lab.mixture.estimator import GaussianMixture
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 1, 1000), rng.normal(2.5, 1, 1000), rng.uniform(20, 60, 1000)])[:, None]
+    y = np.repeat([0, 1, 2], 1000)
+    fits = {s: GaussianMixture(3, n_init=12, init_params="random_from_data", random_state=0, init_selection=s).fit(x)
+            for s in ("likelihood", "entropy")}
+    likely, even = fits["likelihood"], fits["entropy"]
+    np.testing.assert_array_equal(likely.init_lower_bounds_, even.init_lower_bounds_)  # the same 12 starts
+    assert likely.lower_bound_ == likely.init_lower_bounds_.max()
+    assert even.init_effective_components_[even.best_init_] == even.init_effective_components_.max()
+    assert np.exp(-(even.weights_ * np.log(even.weights_)).sum()) == pytest.approx(
+        even.init_effective_components_.max(), rel=1e-12)
+    assert even.lower_bound_ < likely.lower_bound_
+    assert adjusted_rand_score(y, even.predict(x)) > adjusted_rand_score(y, likely.predict(x)) + 0.2

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from .base import Objective, Pretraining
 
 from ..mixture.density import MixtureDensity, at_least_float32, component_log_prob
-from ..mixture.estimator import GaussianMixture
+from ..mixture.estimator import INIT_SELECTIONS, GaussianMixture
 from ..nets.feature_extractor import FeatureExtractor
 from ..mixture.covariances import floor_variances, precision_diagonal
 from ..nets.parameter_generator import GlobalParameters
@@ -44,7 +44,9 @@ class VaDEObjective(Objective):
     backbone: an autoencoder (mlp, conv, resnet) whose code is the posterior mean (N,
     latent_dim), plus a log-variance head; likelihood ``gaussian`` with ``decoder_std`` or
     ``bernoulli`` (pixels in [0, 1]: any other value makes the loss unbounded below); min_scale floors the prior's standard deviations;
-    n_init EM starts on the pre-trained codes.  ``pretrain_epochs`` > 0 adds the autoencoder
+    n_init EM starts on the pre-trained codes, the one kept chosen by ``init_selection``
+    (``likelihood``, or ``entropy`` of its weights for clusters of about equal size, as
+    ``GaussianMixture`` explains).  ``pretrain_epochs`` > 0 adds the autoencoder
     stage (``pretrain_*``: its learning rate, loss, image augmentation and cache).
     """
 
@@ -54,17 +56,20 @@ class VaDEObjective(Objective):
 
     def __init__(self, backbone: FeatureExtractor, n_components: int, covariance_type: str,
                  likelihood: str = "gaussian", decoder_std: float = 1.0, min_scale: float = 1e-3,
-                 n_init: int = 1, pretrain_epochs: int = 0, pretrain_lr: float = 1e-3,
+                 n_init: int = 1, init_selection: str = "likelihood", pretrain_epochs: int = 0, pretrain_lr: float = 1e-3,
                  pretrain_reconstruction: str = "likelihood", pretrain_rotation: float = 0.0,
                  pretrain_shift: float = 0.0, pretrain_cache_dir: str | None = None):
         super().__init__()
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"objective.likelihood={likelihood!r} is not one of {', '.join(LIKELIHOODS)}")
+        if init_selection not in INIT_SELECTIONS:
+            raise ValueError(f"objective.init_selection={init_selection!r} is not one of {', '.join(INIT_SELECTIONS)}")
         if pretrain_reconstruction not in PRETRAIN_RECONSTRUCTIONS:
             raise ValueError(f"objective.pretrain_reconstruction={pretrain_reconstruction!r} is not one of "
                              f"{', '.join(PRETRAIN_RECONSTRUCTIONS)}")
         self.backbone, self.likelihood, self.decoder_std = backbone, likelihood, decoder_std
         self.pretrain_reconstruction, self.n_init = pretrain_reconstruction, n_init
+        self.init_selection = init_selection
         if pretrain_epochs > 0:
             self.pretraining = Pretraining(pretrain_epochs, pretrain_lr, pretrain_rotation, pretrain_shift,
                                            pretrain_cache_dir, (likelihood, decoder_std, pretrain_reconstruction))
@@ -134,9 +139,16 @@ class VaDEObjective(Objective):
         codes, log_var = self.encode(x)
         gen = self.parameter_generator
         gm = GaussianMixture(gen.means.shape[0], covariance_type=gen.covariance_type,
-                             n_init=self.n_init, reg_covar=1e-4, max_iter=200,
+                             n_init=self.n_init, init_selection=self.init_selection, reg_covar=1e-4, max_iter=200,
                              random_state=int(torch.randint(2**31, (1,), generator=generator)))
         gm.fit(codes.double().cpu().numpy())
+        if self.n_init > 1:
+            likeliest = int(gm.init_lower_bounds_.argmax())
+            log.info("VaDE start: EM start %d of %d kept (by %s): mean log-likelihood %.4f, effective components "
+                     "%.2f of %d; the likeliest start, %d: %.4f and %.2f", gm.best_init_, self.n_init,
+                     self.init_selection, gm.lower_bound_, gm.init_effective_components_[gm.best_init_],
+                     gen.means.shape[0], likeliest, gm.init_lower_bounds_[likeliest],
+                     gm.init_effective_components_[likeliest])
         floor = PRIOR_VARIANCE_FLOOR * float(log_var.exp().mean())
         covariances, raised = floor_variances(torch.as_tensor(gm.covariances_), gen.covariance_type, floor)
         if raised:
