@@ -53,3 +53,16 @@ def test_bf16_and_fused_adam_train_the_autoencoder_under_their_own_cache_key(tmp
     best = next((tmp_path / "fast" / "checkpoints").glob("best-*.ckpt"))
     again = evaluate(best, [], tmp_path / "eval")
     assert again["test/nll"] == metrics["fast"]["test/nll"]
+
+
+@pytest.mark.parametrize("change", ["data.split_seed=1", "data.separation=3.0"])
+def test_training_data_of_the_same_size_but_other_values_pre_trains_anew(change, tmp_path):
+    # the key once held the training split's size only: another split or other data of that
+    # size loaded an autoencoder trained on different images
+    from conftest import train_in_process
+
+    cache = tmp_path / "cache"
+    first = train_in_process([*PRETRAIN, "k=2", f"paths.cache_dir={cache}"], tmp_path / "first")
+    other = train_in_process([*PRETRAIN, "k=2", f"paths.cache_dir={cache}", change], tmp_path / "other")
+    assert len(list((cache / "pretrain").glob("*.pt"))) == 2
+    assert first["test/nll"] != other["test/nll"]

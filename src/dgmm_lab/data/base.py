@@ -9,6 +9,9 @@ gather on the device, with no copy from the host at all.
 
 from __future__ import annotations
 
+import hashlib
+
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
@@ -101,6 +104,14 @@ class TensorDataModule(pl.LightningDataModule):
         ``MappedSplit`` (read its rows by indexing or ``mapped.row_batches``)."""
         self.setup()
         return self.splits[split].tensors
+
+    def train_digest(self) -> str:
+        """A digest of the training split's features, for caches of what is trained on them:
+        two files, scalings or splits of one size share no cache entry."""
+        x = self.tensors("train")[0]
+        if isinstance(x, MappedSplit):
+            return x.digest()
+        return hashlib.sha1(memoryview(np.ascontiguousarray(x.detach().cpu().numpy())).cast("B")).hexdigest()
 
     @property
     def n_train(self) -> int:

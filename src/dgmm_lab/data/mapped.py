@@ -12,8 +12,10 @@ the reads count in the process's resident memory until released, so the map is r
 
 from __future__ import annotations
 
+import hashlib
 import mmap
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -88,6 +90,15 @@ class MappedSplit:
 
     def size(self, dim: int) -> int:
         return self.shape[dim]
+
+    def digest(self) -> str:
+        """What identifies the split without reading it: the file (path, size, modification
+        time), its rows, columns and scaling."""
+        path = Path(self.file.array.filename)
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, self.columns,
+               self.offset.tolist(), self.scale.tolist())
+        return hashlib.sha1(repr(key).encode() + np.ascontiguousarray(self.rows).tobytes()).hexdigest()
 
     def numpy(self) -> np.ndarray:
         """The whole split, read into memory."""

@@ -5,7 +5,8 @@ cannot lean on DDP's gradient hooks (they act only on the wrapper's forward).  E
 trains on its shard of the shuffled training split, as the main loop does, and the
 gradients are averaged over the processes after every backward pass: two ranks with batch
 B/2 take the steps of one process with batch B, and every rank ends with the same
-autoencoder.  The result is cached on disk by everything that shapes it, so a sweep over K
+autoencoder.  The result is cached on disk by everything that shapes it (the training split's
+values by their digest, the networks, the stage's settings, the seed), so a sweep over K
 or the covariance type pre-trains once: the jobs of a parallel sweep take turns on a lock
 file beside the cache, the first pre-trains, the others wait and load its file, which is
 written whole (a temporary file renamed into place).  Under DDP only rank 0 of a job takes
@@ -177,7 +178,7 @@ def cache_path(objective: Objective, datamodule, seed: int, fast: FastPath = Fas
     if not stage.cache_dir:
         return None
     backbone = objective.backbone
-    key = repr((type(backbone).__name__, sorted(datamodule.hparams.items()) if hasattr(datamodule, "hparams") else None,
-                datamodule.n_train, backbone.out_dim, sum(p.numel() for p in backbone.parameters()),
+    digest = datamodule.train_digest() if hasattr(datamodule, "train_digest") else None
+    key = repr((type(backbone).__name__, digest, datamodule.n_train, backbone.out_dim, sum(p.numel() for p in backbone.parameters()),
                 stage.epochs, stage.lr, seed, *stage.settings, stage.rotation, stage.shift, *fast.key()))
     return Path(stage.cache_dir) / f"pretrain-{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"
