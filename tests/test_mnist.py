@@ -23,6 +23,19 @@ def test_mnist_splits_and_scaling(mnist_dir, tmp_path):
     assert float(xs.mean()) == pytest.approx(0.0, abs=1e-5) and float(xs.std()) == pytest.approx(1.0, abs=1e-3)
 
 
+def test_transductive_mnist_trains_on_all_70k_images_and_scores_them(mnist_dir, tmp_path):
+    inductive = MNISTDataModule(data_dir=mnist_dir, cache_dir=str(tmp_path), flatten=True)
+    every = MNISTDataModule(data_dir=mnist_dir, cache_dir=str(tmp_path), flatten=True, transductive=True)
+    (x, y), (x_test, y_test) = every.tensors("train"), every.tensors("test")
+    assert x.shape == (70000, 784) and torch.equal(x_test, x) and torch.equal(y_test, y)
+    assert torch.equal(every.tensors("val")[0], inductive.tensors("val")[0])
+    # the 55k, the 5k and the unseen 10k of the inductive splits, each once
+    parts = [inductive.tensors(s)[0] for s in ("train", "val", "test")]
+    assert torch.equal(x, torch.cat(parts))
+    with pytest.raises(ValueError, match="data.transductive='yes' is not one of true, false"):
+        MNISTDataModule(data_dir=mnist_dir, transductive="yes")
+
+
 def test_missing_mnist_says_where_the_files_go(tmp_path):
     dm = MNISTDataModule(data_dir=str(tmp_path / "nowhere"), download=False)
     with pytest.raises(FileNotFoundError, match=r"train-images-idx3-ubyte.gz.*nowhere/MNIST/raw"):
