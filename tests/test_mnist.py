@@ -1,5 +1,6 @@
 """Real MNIST (the four canonical files, md5-verified by torchvision)."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -101,3 +102,34 @@ def test_flow_reports_bits_per_dim_on_dequantised_pixels(mnist_dir, tmp_path):
                           "covariance=diag", "trainer.max_epochs=1", "logger=csv", *FAST], tmp_path)
     # bits/dim of a valid density of 8-bit pixels lies between 0 and 8
     assert 0 < m["test/bits_per_dim"] < 8
+
+
+@pytest.mark.slow
+def test_vade_preset_starts_from_a_better_em_fit_than_the_median_start(mnist_dir, tmp_path):
+    # The likeliest of several EM fits on autoencoder codes tends to merge two digits and split
+    # a third: on these codes (20k images, 15 epochs) it sits at the median start (0.751
+    # against 0.751 with objective.init_selection=likelihood, so this test fails), while the
+    # most evenly weighted fit, the preset's choice, was 0.07 above it on codes of seeds 0 and 1.
+    # The median is that of 16 single fits with the objective's EM settings.
+    from conftest import compose_config
+    from dgmm_lab.metrics import clustering_metrics
+    from dgmm_lab.mixture.estimator import GaussianMixture
+    from dgmm_lab.models.pretraining import pretrain
+    from dgmm_lab.training import build
+
+    cfg = compose_config(["experiment=vade_mnist", "seed=0", "data.limit_train=20000", "objective.pretrain_epochs=15",
+                          f"paths.cache_dir={tmp_path}"], tmp_path)
+    datamodule, model = build(cfg)
+    vade = model.objective
+    torch.manual_seed(0)
+    pretrain(vade, datamodule, torch.device("cpu"), 0, True)
+    x, y = datamodule.tensors("train")
+    vade.initialize(x, torch.Generator().manual_seed(0))  # the preset's 16 starts, the most even kept
+    with torch.no_grad():
+        codes = vade.encode(x)[0]
+        chosen = clustering_metrics(y.numpy(), vade.mixture().weighted_log_prob(codes).argmax(1).numpy())["acc"]
+    codes = codes.double().numpy()
+    starts = [clustering_metrics(y.numpy(), GaussianMixture(10, covariance_type="full", reg_covar=1e-4, max_iter=200,
+                                                           random_state=r).fit(codes).predict(codes))["acc"]
+              for r in range(16)]
+    assert chosen >= float(np.median(starts)) + 0.03, (chosen, sorted(starts))
