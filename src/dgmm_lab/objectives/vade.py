@@ -145,9 +145,9 @@ class VaDEObjective(Objective):
         if self.n_init > 1:
             likeliest = int(gm.init_lower_bounds_.argmax())
             log.info("VaDE start: EM start %d of %d kept (by %s): mean log-likelihood %.4f, effective components "
-                     "%.2f of %d; the likeliest start, %d: %.4f and %.2f", gm.best_init_, self.n_init,
+                     "%.2f of %d; the likeliest start, %d: %.4f and %.2f", gm.best_init_ + 1, self.n_init,
                      self.init_selection, gm.lower_bound_, gm.init_effective_components_[gm.best_init_],
-                     gen.means.shape[0], likeliest, gm.init_lower_bounds_[likeliest],
+                     gen.means.shape[0], likeliest + 1, gm.init_lower_bounds_[likeliest],
                      gm.init_effective_components_[likeliest])
         floor = PRIOR_VARIANCE_FLOOR * float(log_var.exp().mean())
         covariances, raised = floor_variances(torch.as_tensor(gm.covariances_), gen.covariance_type, floor)
