@@ -150,7 +150,8 @@ def test_bad_start_values_raise_value_error_naming_the_file(content, cov_type, e
 def test_entropy_selection_keeps_the_evenly_weighted_start_where_the_likeliest_merges_two_clusters():
     """Three clusters of 1000 points: two overlapping normals and a wide uniform bar.  The
     likeliest of 12 fits merges the pair and splits the bar in two (weights 0.22/0.67/0.11);
-    ``init_selection="entropy"`` keeps a start that separates the pair."""
+    ``init_selection="entropy"`` keeps the likeliest of the evenly weighted starts, which
+    separates the pair."""
     from sklearn.metrics import adjusted_rand_score
 
     from dgmm_lab.mixture.estimator import GaussianMixture
@@ -163,8 +164,10 @@ def test_entropy_selection_keeps_the_evenly_weighted_start_where_the_likeliest_m
     likely, even = fits["likelihood"], fits["entropy"]
     np.testing.assert_array_equal(likely.init_lower_bounds_, even.init_lower_bounds_)  # the same 12 starts
     assert likely.lower_bound_ == likely.init_lower_bounds_.max()
-    assert even.init_effective_components_[even.best_init_] == even.init_effective_components_.max()
-    assert np.exp(-(even.weights_ * np.log(even.weights_)).sum()) == pytest.approx(
-        even.init_effective_components_.max(), rel=1e-12)
+    # the likeliest of the starts within 1% of the most even one
+    eff, bounds = even.init_effective_components_, even.init_lower_bounds_
+    even_enough = np.flatnonzero(eff >= 0.99 * eff.max())
+    assert len(even_enough) > 1 and even.best_init_ == even_enough[bounds[even_enough].argmax()]
+    assert np.exp(-(even.weights_ * np.log(even.weights_)).sum()) == pytest.approx(eff[even.best_init_], rel=1e-12)
     assert even.lower_bound_ < likely.lower_bound_
     assert adjusted_rand_score(y, even.predict(x)) > adjusted_rand_score(y, likely.predict(x)) + 0.2

@@ -109,7 +109,7 @@ def test_vade_preset_starts_from_a_better_em_fit_than_the_median_start(mnist_dir
     # The likeliest of several EM fits on autoencoder codes tends to merge two digits and split
     # a third: on these codes (20k images, 15 epochs) it sits at the median start (0.751
     # against 0.751 with objective.init_selection=likelihood, so this test fails), while the
-    # most evenly weighted fit, the preset's choice, was 0.07 above it on codes of seeds 0 and 1.
+    # most evenly weighted fit was 0.07 above it on codes of seeds 0 and 1.
     # The median is that of 16 single fits with the objective's EM settings.
     from conftest import compose_config
     from dgmm_lab.metrics import clustering_metrics
