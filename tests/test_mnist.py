@@ -33,8 +33,11 @@ def test_transductive_mnist_trains_on_all_70k_images_and_scores_them(mnist_dir, 
     # the 55k, the 5k and the unseen 10k of the inductive splits, each once
     parts = [inductive.tensors(s)[0] for s in ("train", "val", "test")]
     assert torch.equal(x, torch.cat(parts))
-    with pytest.raises(ValueError, match="data.transductive='yes' is not one of true, false"):
-        MNISTDataModule(data_dir=mnist_dir, transductive="yes")
+    assert every.describe_splits() == ("data: 70000 training, 5000 validation, 70000 test samples "
+                                       "(transductive: the test split is the training split)")
+    for value in ("yes", 1, 0):  # 1 == True in Python: refused all the same
+        with pytest.raises(ValueError, match=f"data.transductive={value!r} is not one of true, false"):
+            MNISTDataModule(data_dir=mnist_dir, transductive=value)
 
 
 def test_missing_mnist_says_where_the_files_go(tmp_path):

@@ -168,6 +168,7 @@ def fit_and_test(cfg: DictConfig, output_dir: Path, ckpt_path: str | None, guard
     torch.set_num_threads(cfg.num_threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, model = build(cfg)
+    log.info(datamodule.describe_splits())
     is_em = isinstance(model, EMGMM)
     loggers = [instantiate(c) for c in cfg.get("logger", {}).values()]
     # EM: one line per iteration instead of a progress bar over one iteration's batches; a

@@ -113,6 +113,13 @@ class TensorDataModule(pl.LightningDataModule):
             return x.digest()
         return hashlib.sha1(memoryview(np.ascontiguousarray(x.detach().cpu().numpy())).cast("B")).hexdigest()
 
+    def describe_splits(self) -> str:
+        """The run's log line on what it trains on and scores: each split's size."""
+        self.setup()
+        names = {"train": "training", "val": "validation", "test": "test"}
+        return "data: " + ", ".join(f"{len(self.splits[name].tensors[0])} {word}" for name, word in names.items()
+                                    if name in self.splits) + " samples"
+
     @property
     def n_train(self) -> int:
         return len(self.tensors("train")[0])

@@ -48,7 +48,7 @@ class MNISTDataModule(TensorDataModule):
         self.data_dir, self.cache_dir = Path(data_dir), Path(cache_dir or data_dir)
         self.flatten, self.scaling, self.val_size = flatten, scaling, val_size
         self.limit_train, self.limit_test, self.download = limit_train, limit_test, download
-        if transductive not in (True, False):
+        if not isinstance(transductive, bool):  # 1 and 0 too: `1 in (True, False)` holds
             raise ValueError(f"data.transductive={transductive!r} is not one of true, false")
         self.transductive = transductive
 
@@ -106,6 +106,10 @@ class MNISTDataModule(TensorDataModule):
         train = TensorDataset(prep(x_train), y_train)
         return {"train": train, "val": TensorDataset(prep(x_all[val_idx]), y_all[val_idx]),
                 "test": train if self.transductive else TensorDataset(prep(x_test), y_test)}
+
+    def describe_splits(self) -> str:
+        line = super().describe_splits()
+        return f"{line} (transductive: the test split is the training split)" if self.transductive else line
 
     def _scale(self, x: Tensor) -> Tensor:
         x = x.float().div(255.0).unsqueeze(1)

@@ -66,8 +66,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     weights_ (K,); means_ (K, D); covariances_, precisions_, precisions_cholesky_: full
     (K, D, D), tied (D, D), diag (K, D), spherical (K,); converged_; n_iter_; lower_bound_
     (the mean log-likelihood per sample of the last E-step); init_lower_bounds_ and
-    init_effective_components_ (n_init,): every start's final lower bound and exp of the
-    entropy of its weights; best_init_: the index of the start kept.
+    init_effective_components_ (n_init,), float64: every start's final lower bound and exp of
+    the entropy of its weights (one start on a warm start); best_init_: the index of the start kept.
     """
 
     def __init__(self, n_components=1, *, covariance_type="full", tol=1e-3, reg_covar=1e-6,
