@@ -127,7 +127,7 @@ def test_vade_preset_starts_from_a_better_em_fit_than_the_median_start(mnist_dir
     torch.manual_seed(0)
     pretrain(vade, datamodule, torch.device("cpu"), 0, True)
     x, y = datamodule.tensors("train")
-    vade.initialize(x, torch.Generator().manual_seed(0))  # the preset's 16 starts, the most even kept
+    vade.initialize(x, torch.Generator().manual_seed(0))  # the preset's 16 starts and its choice among them
     with torch.no_grad():
         codes = vade.encode(x)[0]
         chosen = clustering_metrics(y.numpy(), vade.mixture().weighted_log_prob(codes).argmax(1).numpy())["acc"]
