@@ -66,3 +66,28 @@ def test_training_data_of_the_same_size_but_other_values_pre_trains_anew(change,
     other = train_in_process([*PRETRAIN, "k=2", f"paths.cache_dir={cache}", change], tmp_path / "other")
     assert len(list((cache / "pretrain").glob("*.pt"))) == 2
     assert first["test/nll"] != other["test/nll"]
+
+
+# overlapping clusters: starts whose largest posteriors are not all 1
+OVERLAPPING = ["k=3", "data.separation=1.0"]
+
+
+def test_pretraining_restarts_keep_the_most_confident_start_and_restart_0_is_the_run_without(tmp_path):
+    from conftest import train_in_process
+
+    cache = tmp_path / "cache"
+    two = train_in_process([*PRETRAIN, *OVERLAPPING, f"paths.cache_dir={cache}", "objective.pretrain_restarts=2"],
+                           tmp_path / "two")
+    assert len(list((cache / "pretrain").glob("*.pt"))) == 2  # each restart cached on its own
+    confidences = [two[f"start/autoencoder_{r}/confidence"] for r in range(2)]
+    assert confidences[0] != confidences[1]  # other initial weights, another autoencoder
+    kept = int(two["start/autoencoder"])
+    assert confidences[kept] == max(confidences) == two["start/confidence"]
+    assert two[f"start/autoencoder_{kept}/acc"] == two["start/acc"]  # the kept start is the one trained
+    # restart 0 is the autoencoder and the start of the run without restarts (loaded from the cache)
+    one = train_in_process([*PRETRAIN, *OVERLAPPING, f"paths.cache_dir={cache}"], tmp_path / "one")
+    assert one["start/confidence"] == confidences[0] and one["start/acc"] == two["start/autoencoder_0/acc"]
+    if kept == 0:
+        assert one["test/nll"] == two["test/nll"]
+    else:
+        assert one["test/nll"] != two["test/nll"]

@@ -276,7 +276,8 @@ VALUE_RANGES = {
     "objective.lambda_energy": Range(float, 0), "objective.lambda_cov": Range(float, 0),
     "objective.estimation_hidden": Range(int, 1, listable=True), "objective.dropout": Range(float, 0, 1, open_high=True),
     "objective.decoder_std": Range(float, 0, open_low=True), "objective.target_dim": Range(int, 1, nullable=True),
-    "objective.pretrain_epochs": Range(int, 0), "objective.pretrain_lr": Range(float, 0, open_low=True),
+    "objective.pretrain_epochs": Range(int, 0), "objective.pretrain_restarts": Range(int, 1),
+    "objective.pretrain_lr": Range(float, 0, open_low=True),
     "objective.pretrain_rotation": Range(float, 0, 180),  # degrees
     "objective.pretrain_shift": Range(float, 0, 0.5, open_high=True),  # fraction of the image size
 }

@@ -42,15 +42,16 @@ class MixtureModule(pl.LightningModule):
         x, y = self._init_sample()
         if self.backbone.needs_fit:
             self.backbone.fit(x)
-        self.initialize(x, torch.Generator(device=self.device).manual_seed(self.hparams.seed))
+        self.initialize(x, torch.Generator(device=self.device).manual_seed(self.hparams.seed), y)
         self.initialized.fill_(True)
-        self._record_start_metrics(x, y)
+        self.record_start_metrics(x, y)
 
     @torch.no_grad()
-    def _record_start_metrics(self, x: Tensor, y: Tensor) -> None:
+    def record_start_metrics(self, x: Tensor, y: Tensor, prefix: str = "start") -> None:
         """Clustering metrics of the start values on the initialisation sample (start/acc,
         nmi, ari): VaDE, for one, keeps much of the partition it starts from, so a sweep
-        should show how much of each result its start set."""
+        should show how much of each result its start set.  Reported only: nothing chooses
+        by them."""
         if not has_class_labels(y) or not self.has_global_mixture():
             return
         was_training = self.training
@@ -58,7 +59,10 @@ class MixtureModule(pl.LightningModule):
         clusters = torch.cat([self.evaluate_batch(b)[1] for b in torch.split(x, self.trainer.datamodule.eval_batch_size)])
         self.train(was_training)
         scores = clustering_metrics(y.cpu().numpy(), clusters.cpu().numpy())
-        metrics = {f"start/{name}": value for name, value in scores.items()}
+        self.record_metrics({f"{prefix}/{name}": value for name, value in scores.items()})
+
+    def record_metrics(self, metrics: dict[str, float]) -> None:
+        """Values known before the first step: into metrics.json and TensorBoard at step 0."""
         self.exact_metrics.update(metrics)
         if self.logger is not None:
             self.logger.log_metrics(metrics, step=0)
@@ -68,8 +72,9 @@ class MixtureModule(pl.LightningModule):
         density network, or for DAGMM before its first estimate)."""
         return True
 
-    def initialize(self, x: Tensor, generator: torch.Generator) -> None:
-        """Start values from a training subsample x (raw inputs)."""
+    def initialize(self, x: Tensor, generator: torch.Generator, y: Tensor | None = None) -> None:
+        """Start values from a training subsample x (raw inputs); its labels y, where the data
+        has them, may only be reported, never used to choose."""
         raise NotImplementedError
 
     # ---- what every mixture model offers (the pictures callback and evaluate use these)

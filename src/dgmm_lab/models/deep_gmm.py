@@ -10,9 +10,11 @@ the training-set pass some objectives need, NaN guards and the collapse monitor.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -23,6 +25,8 @@ from ..objectives.base import Objective
 from .base import MixtureModule
 from .pretraining import FastPath, pretrain
 from .step_window import StepWindow
+
+log = logging.getLogger(__name__)
 
 
 class DeepGMM(MixtureModule):
@@ -54,16 +58,56 @@ class DeepGMM(MixtureModule):
     def conditional(self) -> bool:
         return self.objective.conditional
 
-    def initialize(self, x: Tensor, generator: torch.Generator) -> None:
-        if self.objective.pretraining is not None:
-            # pre-training draws from the global generators only when it is not cached: fork
-            # them, so a run that loads the cache continues exactly as the one that wrote it
-            cuda = [self.device.index or 0] if self.device.type == "cuda" else []
-            with torch.random.fork_rng(devices=cuda):
-                fast = FastPath(getattr(self.make_optimizer, "keywords", {}).get("fused"), str(self.trainer.precision))
-                pretrain(self.objective, self.trainer.datamodule, self.device, self.hparams.seed,
-                         self.trainer.is_global_zero, fast)
-        self.objective.initialize(x, generator)
+    def initialize(self, x: Tensor, generator: torch.Generator, y: Tensor | None = None) -> None:
+        stage = self.objective.pretraining
+        if stage is None:
+            self.objective.initialize(x, generator)
+            return
+        # every restart fits its start with the same draws, and the run goes on from the
+        # generator as one restart leaves it: restarts=1 is the run without restarts
+        draws = generator.get_state()
+        kept = None
+        for restart in range(stage.restarts):
+            self._pretrain(restart)
+            generator.set_state(draws)
+            confidence = self.objective.initialize(x, generator)
+            if stage.restarts > 1:
+                self._report_restart(restart, confidence, x, y)
+                if kept is None or confidence > kept[0]:
+                    kept = (confidence, restart, {k: v.clone() for k, v in self.objective.state_dict().items()})
+        if stage.restarts == 1:
+            self.record_metrics({"start/confidence": confidence})
+        else:
+            confidence, restart, state = kept
+            self.objective.load_state_dict(state)
+            self.record_metrics({"start/confidence": confidence, "start/autoencoder": float(restart)})
+            log.info("VaDE start: autoencoder %d of %d kept, the most confident (mean largest posterior %.4f)",
+                     restart + 1, stage.restarts, confidence)
+
+    def _pretrain(self, restart: int) -> None:
+        """Pre-train (or load) the autoencoder of one restart: restart 0 from the weights the
+        model was built with, restart r > 0 from new ones drawn with seed (seed, r)."""
+        # pre-training draws from the global generators only when it is not cached: fork
+        # them, so a run that loads the cache continues exactly as the one that wrote it
+        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            if restart:
+                torch.manual_seed(int(np.random.SeedSequence([self.hparams.seed, restart]).generate_state(1)[0]))
+                self.objective.reset_networks()
+                self.objective.to(self.device)
+            fast = FastPath(getattr(self.make_optimizer, "keywords", {}).get("fused"), str(self.trainer.precision))
+            pretrain(self.objective, self.trainer.datamodule, self.device, self.hparams.seed,
+                     self.trainer.is_global_zero, fast, restart)
+
+    def _report_restart(self, restart: int, confidence: float, x: Tensor, y: Tensor | None) -> None:
+        prefix = f"start/autoencoder_{restart}"
+        self.record_metrics({f"{prefix}/confidence": confidence})
+        if y is not None:
+            self.record_start_metrics(x, y, prefix)
+        log.info("VaDE start: autoencoder %d of %d: mean largest posterior %.4f%s", restart + 1,
+                 self.objective.pretraining.restarts, confidence,
+                 f", start accuracy {self.exact_metrics[prefix + '/acc']:.4f} (reported, not used)"
+                 if f"{prefix}/acc" in self.exact_metrics else "")
 
     # ------------------------------------------------------------------ training
     def configure_optimizers(self):

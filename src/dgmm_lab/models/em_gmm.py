@@ -108,7 +108,7 @@ class EMGMM(MixtureModule):
         if datamodule is not None and hasattr(datamodule, "exact_train_shards"):
             datamodule.exact_train_shards = True
 
-    def initialize(self, x: Tensor, generator: torch.Generator) -> None:
+    def initialize(self, x: Tensor, generator: torch.Generator, y: Tensor | None = None) -> None:
         z = self.backbone(x).double()
         self.shift.copy_(z.mean(0))
         if self.hparams.reg_covar == "auto":

@@ -57,10 +57,11 @@ class FastPath:
 
 
 def pretrain(objective: Objective, datamodule, device: torch.device, seed: int, is_global_zero: bool,
-             fast: FastPath = FastPath()) -> None:
+             fast: FastPath = FastPath(), restart: int = 0) -> None:
     """Train the objective's networks, without its mixture, on ``objective.pretrain_loss``;
-    load them from the cache instead where an identical stage ran before."""
-    cache = cache_path(objective, datamodule, seed, fast)
+    load them from the cache instead where an identical stage ran before (``restart``: which
+    of the stage's restarts, each cached on its own)."""
+    cache = cache_path(objective, datamodule, seed, fast, restart)
     with cache_turn(cache, device, is_global_zero) as cached:
         if cached:
             state = torch.load(cache, map_location=device)
@@ -173,12 +174,14 @@ def augmentation(rotation: float, shift: float, image_shape):
     return lambda x: random_affine(x, image_shape, rotation, shift)
 
 
-def cache_path(objective: Objective, datamodule, seed: int, fast: FastPath = FastPath()) -> Path | None:
+def cache_path(objective: Objective, datamodule, seed: int, fast: FastPath = FastPath(),
+               restart: int = 0) -> Path | None:
     stage = objective.pretraining
     if not stage.cache_dir:
         return None
     backbone = objective.backbone
     digest = datamodule.train_digest() if hasattr(datamodule, "train_digest") else None
     key = repr((type(backbone).__name__, digest, datamodule.n_train, backbone.out_dim, sum(p.numel() for p in backbone.parameters()),
-                stage.epochs, stage.lr, seed, *stage.settings, stage.rotation, stage.shift, *fast.key()))
+                stage.epochs, stage.lr, seed, *stage.settings, stage.rotation, stage.shift, *fast.key(),
+                *(("restart", restart) if restart else ())))
     return Path(stage.cache_dir) / f"pretrain-{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"

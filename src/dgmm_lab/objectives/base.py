@@ -33,6 +33,8 @@ class Pretraining:
     shift: float = 0.0         # fraction of the image size: random shifts
     cache_dir: str | None = None
     settings: tuple = ()       # what else shapes the autoencoder (part of the cache key)
+    restarts: int = 1          # autoencoders pre-trained from their own initial weights; the
+                               #   objective's ``initialize`` says which is kept
 
 
 class Objective(nn.Module):

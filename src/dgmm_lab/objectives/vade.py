@@ -58,7 +58,7 @@ class VaDEObjective(Objective):
                  likelihood: str = "gaussian", decoder_std: float = 1.0, min_scale: float = 1e-3,
                  n_init: int = 1, init_selection: str = "likelihood", pretrain_epochs: int = 0, pretrain_lr: float = 1e-3,
                  pretrain_reconstruction: str = "likelihood", pretrain_rotation: float = 0.0,
-                 pretrain_shift: float = 0.0, pretrain_cache_dir: str | None = None):
+                 pretrain_shift: float = 0.0, pretrain_cache_dir: str | None = None, pretrain_restarts: int = 1):
         super().__init__()
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"objective.likelihood={likelihood!r} is not one of {', '.join(LIKELIHOODS)}")
@@ -67,15 +67,17 @@ class VaDEObjective(Objective):
         if pretrain_reconstruction not in PRETRAIN_RECONSTRUCTIONS:
             raise ValueError(f"objective.pretrain_reconstruction={pretrain_reconstruction!r} is not one of "
                              f"{', '.join(PRETRAIN_RECONSTRUCTIONS)}")
+        if isinstance(pretrain_restarts, bool) or not isinstance(pretrain_restarts, int) or pretrain_restarts < 1:
+            raise ValueError(f"objective.pretrain_restarts={pretrain_restarts!r} is not allowed; allowed: an integer >= 1")
         self.backbone, self.likelihood, self.decoder_std = backbone, likelihood, decoder_std
         self.pretrain_reconstruction, self.n_init = pretrain_reconstruction, n_init
         self.init_selection = init_selection
         if pretrain_epochs > 0:
             self.pretraining = Pretraining(pretrain_epochs, pretrain_lr, pretrain_rotation, pretrain_shift,
-                                           pretrain_cache_dir, (likelihood, decoder_std, pretrain_reconstruction))
+                                           pretrain_cache_dir, (likelihood, decoder_std, pretrain_reconstruction),
+                                           pretrain_restarts)
         self.log_var_head = nn.Linear(backbone.head.in_features, backbone.out_dim)
-        nn.init.zeros_(self.log_var_head.weight)
-        nn.init.constant_(self.log_var_head.bias, -4.0)
+        self._start_log_var_head()
         self.parameter_generator = GlobalParameters(n_components, backbone.out_dim,
                                                     covariance_type, min_scale)
 
@@ -132,16 +134,35 @@ class VaDEObjective(Objective):
             return self.reconstruction_nll(x, z).mean()
         return (self.decode(z).flatten(1) - x.flatten(1)).pow(2).sum(1).mean()
 
+    def reset_networks(self) -> None:
+        """New initial weights for the autoencoder (from the global generator), as at
+        construction: the start of another pre-training restart."""
+        for module in self.backbone.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+        self._start_log_var_head()
+
+    def _start_log_var_head(self) -> None:
+        # posterior variances of e^-4 whatever the features: the encoder starts nearly deterministic
+        nn.init.zeros_(self.log_var_head.weight)
+        nn.init.constant_(self.log_var_head.bias, -4.0)
+
     @torch.no_grad()
-    def initialize(self, x: Tensor, generator: torch.Generator) -> None:
+    def initialize(self, x: Tensor, generator: torch.Generator) -> float:
         """Fit the project's EM-GMM on the pre-trained codes; start the prior there, its
-        variances no smaller than a tenth of the encoder's mean posterior variance."""
+        variances no smaller than a tenth of the encoder's mean posterior variance.
+
+        Returns the start's confidence: the mean over x of the fit's largest posterior
+        probability.  Across autoencoders it tracks the start's accuracy (Spearman 0.93 over
+        ten MNIST seeds, docs/benchmarks.md), so pre-training restarts keep the most confident."""
         codes, log_var = self.encode(x)
         gen = self.parameter_generator
         gm = GaussianMixture(gen.means.shape[0], covariance_type=gen.covariance_type,
                              n_init=self.n_init, init_selection=self.init_selection, reg_covar=1e-4, max_iter=200,
                              random_state=int(torch.randint(2**31, (1,), generator=generator)))
-        gm.fit(codes.double().cpu().numpy())
+        codes = codes.double().cpu().numpy()
+        gm.fit(codes)
+        confidence = float(gm.predict_proba(codes).max(1).mean())
         if self.n_init > 1:
             likeliest = int(gm.init_lower_bounds_.argmax())
             log.info("VaDE start: EM start %d of %d kept (by %s): mean log-likelihood %.4f, effective components "
@@ -160,6 +181,7 @@ class VaDEObjective(Objective):
                         "directions, and a prior that narrow collapses in the first steps; %s",
                         raised, codes_are, floor, remedy)
         gen.set_from(torch.as_tensor(gm.weights_), torch.as_tensor(gm.means_), covariances)
+        return confidence
 
     def embed(self, x: Tensor) -> Tensor:
         return self.encode(x)[0]
