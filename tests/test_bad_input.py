@@ -74,6 +74,12 @@ def test_bad_value_is_one_line(args, needles, tmp_path):
     (["trainer.max_epoch=3"], "dgmm_lab: error: trainer.max_epoch is not a key of the config; "
                               "did you mean trainer.max_epochs? allowed under trainer: "),
     (["kk=3"], "dgmm_lab: error: kk is not a key of the config; did you mean k? allowed at the top level: "),
+    # a key of another option of the group: the message names the option chosen and the one to choose
+    (["model=deep_gmm", "objective=dagmm", "objective.pretrain_epochs=3"],
+     "dgmm_lab: error: objective.pretrain_epochs is not a key of objective=dagmm; it is a setting of objective=vade; "
+     "allowed under objective: dropout, error_features, "),
+    (["data.flatten=true"], "dgmm_lab: error: data.flatten is not a key of data=synthetic; it is a setting of "
+                            "data=mnist; allowed under data: batch_size, "),
     (["foo"], "dgmm_lab: error: 'foo' is not an override (Error parsing override 'foo'); allowed: key=value"),
     (["+model.foo=1"], "dgmm_lab: error: model.foo is not a setting of dgmm_lab.models.em_gmm.EMGMM; "
                        "allowed: n_components, covariance_type, tol, "),

@@ -175,19 +175,32 @@ def unknown_key(key: str, other_overrides: list[str]) -> str:
                 "allowed: model=deep_gmm objective=nll|dagmm|vade|mdn")
     parent, _, name = key.rpartition(".")
     try:
-        cfg = compose(other_overrides)
+        cfg = compose(other_overrides, with_hydra=True)
         node = OmegaConf.select(cfg, parent) if parent else cfg
+        chosen = OmegaConf.select(cfg, f"hydra.runtime.choices.{parent}") if parent else None
     except Exception:  # noqa: BLE001
-        node = None
+        node = chosen = None
     if not isinstance(node, DictConfig):
         return f"{key} is not a key of the config; to add a new key use +{key}=..."
-    allowed = sorted(str(k) for k in node.keys() if not str(k).startswith("_"))  # not _target_
+    allowed = sorted(str(k) for k in node.keys() if not str(k).startswith("_")) or ["(none)"]  # not _target_
     close = difflib.get_close_matches(name, allowed, n=1)
     hint = f"did you mean {parent + '.' if parent else ''}{close[0]}? " if close else ""
     where = f"under {parent}" if parent else "at the top level"
     # the optimiser and schedule take more arguments than their config lists (momentum, ...)
     adding = f"; to pass another argument to {node._target_} use +{key}=..." if parent in PARTIALS else ""
+    owners = options_with_key(parent, name)
+    if owners and chosen:
+        return (f"{key} is not a key of {parent}={chosen}; it is a setting of "
+                f"{' and '.join(f'{parent}={o}' for o in owners)}; allowed {where}: {', '.join(allowed)}")
     return f"{key} is not a key of the config; {hint}allowed {where}: {', '.join(allowed)}{adding}"
+
+
+def options_with_key(group: str, name: str) -> list[str]:
+    """The options of config group ``group`` (conf/<group>/*.yaml) that have the key ``name``."""
+    folder = CONF_DIR / group
+    if not group or "." in group or not folder.is_dir():
+        return []
+    return sorted(path.stem for path in folder.glob("*.yaml") if name in OmegaConf.load(path))
 
 
 def _without_objective(overrides: list[str]) -> bool:
