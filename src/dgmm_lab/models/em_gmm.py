@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from ..mixture import em
+from ..mixture.estimator import INIT_SELECTIONS, select_start
 from ..mixture.diagnostics import automatic_reg_covar, degenerate_components, mean_feature_variance, remedy
 from ..mixture.density import MixtureDensity, check_covariance_type, covariance_eigenvalues, covariance_shape
 from ..mixture.start_values import load_start_values
@@ -43,7 +44,9 @@ class EMGMM(MixtureModule):
     max_iter : at most this many EM iterations (epochs).
     init_params : kmeans, k-means++, random or random_from_data (``em.initial_responsibilities``).
     n_init : restarts, each refined by ``init_em_steps`` EM steps on the initialisation sample
-        (at most ``init_max_samples`` training samples); the most likely one is kept.
+        (at most ``init_max_samples`` training samples); ``init_selection`` keeps one:
+        ``likelihood`` (the most likely) or ``entropy`` (the likeliest of the most evenly
+        weighted, for clusters of about equal size; ``GaussianMixture`` explains it).
     compute_dtype : "float64", or "float32" for the E-step's products (statistics stay float64).
     init_from : a .npz/.pt file of start values (``mixture.start_values.load_start_values``).
     seed : seeds the initialisation.
@@ -62,12 +65,14 @@ class EMGMM(MixtureModule):
                  tol: float = 1e-3, reg_covar: float | str = "auto", max_iter: int = 100,
                  init_params: str = "kmeans", n_init: int = 1, init_max_samples: int = 20000,
                  init_em_steps: int = 5, compute_dtype: str = "float64", init_from: str | None = None,
-                 seed: int = 0):
+                 seed: int = 0, init_selection: str = "likelihood"):
         super().__init__()
         self.save_hyperparameters(ignore=["backbone"], logger=False)
         self.automatic_optimization = False
         self.backbone = backbone
         self.covariance_type = check_covariance_type(covariance_type)
+        if init_selection not in INIT_SELECTIONS:
+            raise ValueError(f"model.init_selection={init_selection!r} is not one of {', '.join(INIT_SELECTIONS)}")
         k, d = n_components, backbone.out_dim
         # user-given start values, checked now so a bad file stops the run before training
         self.given = load_start_values(init_from, k, d, covariance_type) if init_from else {}
@@ -120,12 +125,9 @@ class EMGMM(MixtureModule):
         if self.given:
             self._set_mixture(*self._given_start(z, generator))
             return
-        best = None
-        for _ in range(self.hparams.n_init):
-            result = self._initial_em(z, generator)
-            if best is None or result[0] > best[0]:
-                best = result
-        self._set_mixture(*best[1:])
+        starts = [self._initial_em(z, generator) for _ in range(self.hparams.n_init)]
+        best, _ = select_start([s[0] for s in starts], [s[1] for s in starts], self.hparams.init_selection)
+        self._set_mixture(*starts[best][1:])
 
     def _given_start(self, z: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
         """As scikit-learn's weights_init/means_init/precisions_init: what the file gives
@@ -139,8 +141,8 @@ class EMGMM(MixtureModule):
         return given["weights"], given["means"], given["precisions_cholesky"]
 
     def _initial_em(self, z: Tensor, g: torch.Generator):
-        """One initialisation, refined by a few EM steps on the subsample; the restart with
-        the best mean log-likelihood is kept (``n_init``)."""
+        """One initialisation, refined by a few EM steps on the subsample; of the ``n_init``
+        restarts ``init_selection`` keeps one, as ``GaussianMixture`` does."""
         r = em.initial_mixture(z, self.hparams.n_components, self.covariance_type, self.hparams.init_params, g,
                                self.reg_covar, shift=self.shift)
         lower_bound = -math.inf
