@@ -13,15 +13,20 @@ import sys
 import traceback
 from pathlib import Path
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from omegaconf import DictConfig
+NOT_STARTED = "dgmm_lab: interrupted by SIGINT before training started; nothing was trained"
+try:  # Ctrl-C while these load (about a second) is the one line below, not a traceback
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import DictConfig
 
-from .composition import check_composes
-from .config import CONF_DIR, ConfigError, check_config, check_overrides, report_and_exit
-from .console import quiet_lightning
-from .lifecycle import Interrupted, global_rank_from_env
+    from .composition import check_composes
+    from .config import CONF_DIR, ConfigError, check_config, check_overrides, report_and_exit
+    from .console import quiet_lightning
+    from .lifecycle import Interrupted, global_rank_from_env
+except KeyboardInterrupt:
+    print(NOT_STARTED, file=sys.stderr)
+    sys.exit(130)
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +35,13 @@ log = logging.getLogger(__name__)
 def main(cfg: DictConfig) -> float | None:
     try:
         check_config(cfg)  # wrong for every job of a sweep: ends the sweep
+        from .training import run  # torch and Lightning (check_config may load torch first): seconds
     except ConfigError as err:
         remove_if_untouched(Path(cfg.paths.output_dir))
         report_and_exit(err)
-    from .training import run
+    except KeyboardInterrupt:
+        remove_if_untouched(Path(cfg.paths.output_dir))  # nothing ran: no dated dir left behind
+        raise
 
     try:
         return run(cfg)
@@ -90,7 +98,7 @@ def cli() -> None:
         from .console import SweepSummary
 
         if SweepSummary.started is None:
-            print("dgmm_lab: interrupted by SIGINT before training started; nothing was trained", file=sys.stderr)
+            print(NOT_STARTED, file=sys.stderr)
         else:
             sweep_dir = stop_parallel_sweep()
             print(f"dgmm_lab: sweep interrupted (Ctrl-C); the same command with hydra.sweep.dir={sweep_dir} "
