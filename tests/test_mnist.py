@@ -99,6 +99,16 @@ def test_vade_preset_on_briefly_pretrained_codes_does_not_collapse(mnist_dir, tm
     assert "were raised" in caplog.text
 
 
+def test_a_collapsed_vade_run_is_said_out_loud(mnist_dir, tmp_path, caplog):
+    # 2 pre-training epochs on 1000 images: every test image ends in one component (test
+    # accuracy 0.13); without labels the cluster shares are what shows it
+    m = train_in_process(["experiment=vade_mnist", "data.limit_train=1000", "data.val_size=500", "data.limit_test=500",
+                          "objective.pretrain_epochs=2", "objective.n_init=1", "trainer.max_epochs=3",
+                          f"paths.cache_dir={tmp_path}", "trainer.enable_progress_bar=false"], tmp_path)
+    assert m["test/effective_clusters"] < 2
+    assert "effective clusters of K=10" in caplog.text and "collapsed" in caplog.text
+
+
 def test_flow_reports_bits_per_dim_on_dequantised_pixels(mnist_dir, tmp_path):
     m = train_in_process(["model=deep_gmm", "data=mnist", "backbone=flow", "objective=nll", "backbone.dequantize=true",
                           "backbone.n_layers=2", "data.limit_train=512", "data.limit_test=256", "k=2",

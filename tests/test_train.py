@@ -24,6 +24,7 @@ def test_run_writes_config_metrics_checkpoints_and_events(model, tmp_path):
         assert key in metrics
     # three well-separated Gaussian clusters: both models must find them
     assert metrics["test/ari"] > 0.95
+    assert metrics["test/effective_clusters"] > 2.9  # of K=3, as the three equal clusters hold the samples
     assert (tmp_path / "config.yaml").exists()
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()
     assert list((tmp_path / "checkpoints").glob("best-*.ckpt"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from torch import Tensor
 from ..data.mapped import row_batches
 from ..distributed import gather_uneven
 from ..metrics import anomaly_metrics, clustering_metrics
+
+log = logging.getLogger(__name__)
 
 
 class MixtureModule(pl.LightningModule):
@@ -187,12 +190,27 @@ class MixtureModule(pl.LightningModule):
         elif has_class_labels(y):
             for name, value in clustering_metrics(y.cpu().numpy(), cluster.cpu().numpy()).items():
                 metrics[f"{stage}/{name}"] = value
+        if self.has_global_mixture():
+            metrics[f"{stage}/effective_clusters"] = self._effective_clusters(cluster, stage)
         metrics.update(self.extra_eval_metrics(stage, log_p))
         if stage == "val":  # the best epoch's value in float64 (Lightning's monitor is float32)
             for key in ("val/nll", "val/bits_per_dim", "val/loss"):
                 if key in metrics:
                     metrics[f"best/{key}"] = min(metrics[key], self.exact_metrics.get(f"best/{key}", math.inf))
         self.log_exact(metrics)
+
+    def _effective_clusters(self, cluster: Tensor, stage: str) -> float:
+        """exp of the entropy of the split's cluster shares: K where every component holds as
+        many samples, 1 where one holds them all.  Without labels it is what says a run
+        collapsed, so a test split in fewer than half the components is said out loud."""
+        k = self.hparams.n_components
+        shares = torch.bincount(cluster.long().cpu(), minlength=k).double() / max(1, len(cluster))
+        effective = math.exp(float(torch.special.entr(shares).sum()))
+        if stage == "test" and effective < k / 2 and self.global_rank == 0:
+            log.warning("test: the samples fall into %.2f effective clusters of K=%d (exp of the entropy of "
+                        "the cluster shares): the mixture has collapsed onto a few components; longer "
+                        "pre-training, a lower learning rate or a smaller K may help", effective, k)
+        return effective
 
     @torch.no_grad()
     def split_log_prob(self, split: str) -> Tensor:
