@@ -36,7 +36,7 @@ def test_transductive_mnist_trains_on_all_70k_images_and_scores_them(mnist_dir, 
     assert every.describe_splits() == ("data: 70000 training, 5000 validation, 70000 test samples "
                                        "(transductive: the test split is the training split)")
     for value in ("yes", 1, 0):  # 1 == True in Python: refused all the same
-        with pytest.raises(ValueError, match=f"data.transductive={value!r} is not one of true, false"):
+        with pytest.raises(ValueError, match=f"data.transductive={value!r} is not allowed; allowed: true, false"):
             MNISTDataModule(data_dir=mnist_dir, transductive=value)
 
 

@@ -46,9 +46,9 @@ class ArrayDataModule(TensorDataModule):
                  memory_map: bool | str = "auto", **kwargs):
         super().__init__(**kwargs)
         if scaling not in SCALINGS:
-            raise ValueError(f"data.scaling={scaling!r} is not one of {', '.join(SCALINGS)}")
+            raise ValueError(f"data.scaling={scaling!r} is not allowed; allowed: {', '.join(SCALINGS)}")
         if memory_map not in (True, False, "auto"):
-            raise ValueError(f"data.memory_map={memory_map!r} is not one of true, false, auto")
+            raise ValueError(f"data.memory_map={memory_map!r} is not allowed; allowed: true, false, auto")
         # read a .npy file batch by batch through a memory map (mapped.py) instead of loading it
         self.memory_map = memory_map
         self.path, self.features, self.label = Path(path), features, label

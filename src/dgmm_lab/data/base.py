@@ -67,7 +67,7 @@ class TensorDataModule(pl.LightningDataModule):
                  num_workers: int = 0, on_device: bool | str = "auto"):
         super().__init__()
         if on_device not in (True, False, "auto"):
-            raise ValueError(f"data.on_device={on_device!r} is not one of true, false, auto")
+            raise ValueError(f"data.on_device={on_device!r} is not allowed; allowed: true, false, auto")
         self.on_device = on_device
         self._device_rows: dict[tuple[str, str], BatchRows] = {}
         self.batch_size = batch_size

@@ -44,12 +44,12 @@ class MNISTDataModule(TensorDataModule):
                  limit_test: int | None = None, transductive: bool = False, download: bool = True, **kwargs):
         super().__init__(**kwargs)
         if scaling not in SCALINGS:
-            raise ValueError(f"data.scaling={scaling!r} is not one of {', '.join(SCALINGS)}")
+            raise ValueError(f"data.scaling={scaling!r} is not allowed; allowed: {', '.join(SCALINGS)}")
         self.data_dir, self.cache_dir = Path(data_dir), Path(cache_dir or data_dir)
         self.flatten, self.scaling, self.val_size = flatten, scaling, val_size
         self.limit_train, self.limit_test, self.download = limit_train, limit_test, download
         if not isinstance(transductive, bool):  # 1 and 0 too: `1 in (True, False)` holds
-            raise ValueError(f"data.transductive={transductive!r} is not one of true, false")
+            raise ValueError(f"data.transductive={transductive!r} is not allowed; allowed: true, false")
         self.transductive = transductive
 
     def _root(self) -> Path:

@@ -38,7 +38,7 @@ class RegressionDataModule(TensorDataModule):
                  seed: int = 0, **kwargs):
         super().__init__(**kwargs)
         if shape not in SHAPES:
-            raise ValueError(f"data.shape={shape!r} is not one of {', '.join(SHAPES)}")
+            raise ValueError(f"data.shape={shape!r} is not allowed; allowed: {', '.join(SHAPES)}")
         self.shape, self.n_samples, self.noise, self.seed = shape, n_samples, noise, seed
 
     def load(self) -> tuple[Tensor, Tensor]:

@@ -66,7 +66,7 @@ class SyntheticDataModule(TensorDataModule):
                  noise: float = 0.08, seed: int = 0, **kwargs):
         super().__init__(**kwargs)
         if shape not in SHAPES:
-            raise ValueError(f"data.shape={shape!r} is not one of {', '.join(SHAPES)}")
+            raise ValueError(f"data.shape={shape!r} is not allowed; allowed: {', '.join(SHAPES)}")
         self.shape, self.n_samples, self.dim = shape, n_samples, dim
         self.n_clusters, self.separation = n_clusters, separation
         self.covariance_type, self.noise, self.seed = covariance_type, noise, seed

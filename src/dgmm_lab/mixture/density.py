@@ -28,7 +28,7 @@ from .covariance_types import COVARIANCE_TYPES  # one list, shared with the CLI
 def check_covariance_type(covariance_type: str) -> str:
     if covariance_type not in COVARIANCE_TYPES:
         raise ValueError(
-            f"covariance_type={covariance_type!r} is not one of {', '.join(COVARIANCE_TYPES)}"
+            f"covariance_type={covariance_type!r} is not allowed; allowed: {', '.join(COVARIANCE_TYPES)}"
         )
     return covariance_type
 

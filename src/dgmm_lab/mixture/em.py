@@ -257,7 +257,7 @@ def initial_responsibilities(x: Tensor, k: int, method: str,
         resp[chosen, torch.arange(k, device=x.device)] = 1.0
         return resp
     raise ValueError(
-        f"init_params={method!r} is not one of kmeans, k-means++, random, random_from_data"
+        f"init_params={method!r} is not allowed; allowed: kmeans, k-means++, random, random_from_data"
     )
 
 

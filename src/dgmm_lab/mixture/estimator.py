@@ -111,13 +111,13 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         if not isinstance(self.n_components, (int, np.integer)) or self.n_components < 1:
             raise ValueError(f"n_components={self.n_components!r} must be an integer >= 1")
         if self.covariance_type not in COVARIANCE_TYPES:
-            raise ValueError(f"covariance_type={self.covariance_type!r} is not one of "
+            raise ValueError(f"covariance_type={self.covariance_type!r} is not allowed; allowed: "
                              f"{', '.join(COVARIANCE_TYPES)}")
         if self.init_params not in INIT_METHODS:
-            raise ValueError(f"init_params={self.init_params!r} is not one of "
+            raise ValueError(f"init_params={self.init_params!r} is not allowed; allowed: "
                              f"{', '.join(INIT_METHODS)}")
         if self.init_selection not in INIT_SELECTIONS:
-            raise ValueError(f"init_selection={self.init_selection!r} is not one of "
+            raise ValueError(f"init_selection={self.init_selection!r} is not allowed; allowed: "
                              f"{', '.join(INIT_SELECTIONS)}")
         if self.n_components > n_samples:
             raise ValueError(f"n_components={self.n_components} must be <= n_samples={n_samples}")
@@ -130,7 +130,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             raise ValueError(f"init_max_samples={self.init_max_samples!r} must be None or an integer >= "
                              f"n_components={self.n_components}")
         if self.compute_dtype not in (None, "float64", "float32"):
-            raise ValueError(f"compute_dtype={self.compute_dtype!r} is not one of None, float64, float32")
+            raise ValueError(f"compute_dtype={self.compute_dtype!r} is not allowed; allowed: None, float64, float32")
 
     def _tensor(self, a) -> torch.Tensor:
         return torch.as_tensor(np.asarray(a, dtype=np.float64), device=self.device)

@@ -72,7 +72,7 @@ class EMGMM(MixtureModule):
         self.backbone = backbone
         self.covariance_type = check_covariance_type(covariance_type)
         if init_selection not in INIT_SELECTIONS:
-            raise ValueError(f"model.init_selection={init_selection!r} is not one of {', '.join(INIT_SELECTIONS)}")
+            raise ValueError(f"model.init_selection={init_selection!r} is not allowed; allowed: {', '.join(INIT_SELECTIONS)}")
         k, d = n_components, backbone.out_dim
         # user-given start values, checked now so a bad file stops the run before training
         self.given = load_start_values(init_from, k, d, covariance_type) if init_from else {}

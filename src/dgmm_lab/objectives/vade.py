@@ -61,11 +61,11 @@ class VaDEObjective(Objective):
                  pretrain_shift: float = 0.0, pretrain_cache_dir: str | None = None, pretrain_restarts: int = 1):
         super().__init__()
         if likelihood not in LIKELIHOODS:
-            raise ValueError(f"objective.likelihood={likelihood!r} is not one of {', '.join(LIKELIHOODS)}")
+            raise ValueError(f"objective.likelihood={likelihood!r} is not allowed; allowed: {', '.join(LIKELIHOODS)}")
         if init_selection not in INIT_SELECTIONS:
-            raise ValueError(f"objective.init_selection={init_selection!r} is not one of {', '.join(INIT_SELECTIONS)}")
+            raise ValueError(f"objective.init_selection={init_selection!r} is not allowed; allowed: {', '.join(INIT_SELECTIONS)}")
         if pretrain_reconstruction not in PRETRAIN_RECONSTRUCTIONS:
-            raise ValueError(f"objective.pretrain_reconstruction={pretrain_reconstruction!r} is not one of "
+            raise ValueError(f"objective.pretrain_reconstruction={pretrain_reconstruction!r} is not allowed; allowed: "
                              f"{', '.join(PRETRAIN_RECONSTRUCTIONS)}")
         if isinstance(pretrain_restarts, bool) or not isinstance(pretrain_restarts, int) or pretrain_restarts < 1:
             raise ValueError(f"objective.pretrain_restarts={pretrain_restarts!r} is not allowed; allowed: an integer >= 1")
