@@ -185,19 +185,21 @@ def test_resuming_past_a_smaller_max_epochs_is_one_line_and_changes_nothing(inte
     assert json.loads((run_dir / "status.json").read_text())["state"] == "finished"
 
 
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 @pytest.mark.parametrize("module", ["hydra", "torch"])
-def test_a_ctrl_c_while_the_command_imports_is_one_line_and_leaves_nothing(module, tmp_path):
-    # a real SIGINT at a fixed point: a package of that name, first on the path, signals the
+def test_a_signal_while_the_command_imports_is_one_line_and_leaves_nothing(module, signum, code, tmp_path):
+    # a real signal at a fixed point: a package of that name, first on the path, signals the
     # process as it is imported (hydra: the command line's own imports; torch: the run's)
     fake = tmp_path / "fake" / module
     fake.mkdir(parents=True)
-    (fake / "__init__.py").write_text("import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\ntime.sleep(5)\n")
+    (fake / "__init__.py").write_text(f"import os, time\nos.kill(os.getpid(), {int(signum)})\ntime.sleep(5)\n")
     path = os.pathsep.join([str(tmp_path / "fake"), str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])
     args = ["model=deep_gmm"] if module == "torch" else []
     done = subprocess.run([sys.executable, "-m", "dgmm_lab.train", *args], cwd=tmp_path, capture_output=True,
                           text=True, timeout=60, env={**os.environ, "PYTHONPATH": path})
-    assert done.returncode == 130, done.stderr
-    assert done.stderr.strip() == "dgmm_lab: interrupted by SIGINT before training started; nothing was trained"
+    assert done.returncode == code, done.stderr
+    assert done.stderr.strip() == (f"dgmm_lab: interrupted by {signal.Signals(signum).name} before training "
+                                   "started; nothing was trained")
     assert not list(tmp_path.glob("outputs/train/runs/*"))  # no run dir of a run that never began
 
 

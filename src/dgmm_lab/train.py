@@ -9,12 +9,29 @@ from __future__ import annotations
 
 import logging
 import shutil
+import signal
 import sys
 import traceback
 from pathlib import Path
 
-NOT_STARTED = "dgmm_lab: interrupted by SIGINT before training started; nothing was trained"
-try:  # Ctrl-C while these load (about a second) is the one line below, not a traceback
+
+class StoppedBeforeStart(KeyboardInterrupt):
+    """SIGTERM before a run's own handler (``lifecycle.SignalGuard``) is in place: handled as
+    a Ctrl-C is then, where the default action would end the process without a word."""
+
+
+def _sigterm_before_start(signum, frame) -> None:
+    raise StoppedBeforeStart
+
+
+def not_started(err: KeyboardInterrupt) -> tuple[str, int]:
+    """The line and the shell's exit code (128 + signal) of a command stopped before it trained."""
+    name, code = ("SIGTERM", 143) if isinstance(err, StoppedBeforeStart) else ("SIGINT", 130)
+    return f"dgmm_lab: interrupted by {name} before training started; nothing was trained", code
+
+
+signal.signal(signal.SIGTERM, _sigterm_before_start)
+try:  # a signal while these load (about a second) is the one line below, not a traceback
     import hydra
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -24,9 +41,10 @@ try:  # Ctrl-C while these load (about a second) is the one line below, not a tr
     from .config import CONF_DIR, ConfigError, check_config, check_overrides, report_and_exit
     from .console import quiet_lightning
     from .lifecycle import Interrupted, global_rank_from_env
-except KeyboardInterrupt:
-    print(NOT_STARTED, file=sys.stderr)
-    sys.exit(130)
+except KeyboardInterrupt as stop:
+    line, code = not_started(stop)
+    print(line, file=sys.stderr)
+    sys.exit(code)
 
 log = logging.getLogger(__name__)
 
@@ -94,23 +112,21 @@ def cli() -> None:
         main()
     except ConfigError as err:
         report_and_exit(err)
-    except KeyboardInterrupt:  # Ctrl-C before a run's own handler is in place, or while a parallel launcher waits
+    except KeyboardInterrupt as stop:  # before a run's own handler is in place, or while a parallel launcher waits
         from .console import SweepSummary
 
-        if SweepSummary.started is None:
-            print(NOT_STARTED, file=sys.stderr)
-        else:
-            sweep_dir = stop_parallel_sweep()
-            print(f"dgmm_lab: sweep interrupted (Ctrl-C); the same command with hydra.sweep.dir={sweep_dir} "
-                  "resumes it (finished jobs are skipped)", file=sys.stderr)
-        sys.exit(130)
+        line, code = not_started(stop)
+        if SweepSummary.started is not None:
+            sweep_dir = stop_parallel_sweep(code - 128)
+            line = (f"dgmm_lab: sweep interrupted ({signal.Signals(code - 128).name}); the same command with "
+                    f"hydra.sweep.dir={sweep_dir} resumes it (finished jobs are skipped)")
+        print(line, file=sys.stderr)
+        sys.exit(code)
 
 
-def stop_parallel_sweep() -> str:
+def stop_parallel_sweep(signum: int) -> str:
     """The launcher ended its workers, some before they could record it: a job left
-    'running' by a process that is gone was interrupted with the sweep (SIGINT)."""
-    import signal
-
+    'running' by a process that is gone was interrupted with the sweep (by signal signum)."""
     from .lifecycle import lock_owner_alive, read_status
     from .resume import record_interruption
 
@@ -122,7 +138,7 @@ def stop_parallel_sweep() -> str:
     for status in sweep_dir.glob("*/status.json"):
         job_dir = status.parent
         if read_status(job_dir).get("state") == "running" and not lock_owner_alive(job_dir):
-            record_interruption(job_dir, signal.SIGINT)
+            record_interruption(job_dir, signal.Signals(signum))
     return str(sweep_dir)
 
 
