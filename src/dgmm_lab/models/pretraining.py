@@ -69,7 +69,7 @@ def pretrain(objective: Objective, datamodule, device: torch.device, seed: int, 
                                       strict=False)
             log.info("pre-trained autoencoder loaded from %s", cache)
             return
-        train(objective, datamodule, device, fast)
+        train(objective, datamodule, device, fast, restart)
         if cache is not None and is_global_zero:
             state = {k: v for k, v in objective.state_dict().items() if not k.startswith(MIXTURE_PREFIX)}
             tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
@@ -135,7 +135,7 @@ def _from_rank_zero(decision: int, device: torch.device) -> int:
     return int(t.item())
 
 
-def train(objective: Objective, datamodule, device: torch.device, fast: FastPath) -> None:
+def train(objective: Objective, datamodule, device: torch.device, fast: FastPath, restart: int = 0) -> None:
     stage = objective.pretraining
     params = [p for n, p in objective.named_parameters() if not n.startswith(MIXTURE_PREFIX)]
     opt = torch.optim.Adam(params, lr=stage.lr, fused=fast.fused)
@@ -152,7 +152,9 @@ def train(objective: Objective, datamodule, device: torch.device, fast: FastPath
             average_gradients_over_processes(params)
             opt.step()
             total += loss.detach()
-        log.info("pre-training epoch %d: reconstruction %.4f", epoch, float(total) / max(1, len(loader)))
+        which = f" (autoencoder {restart + 1} of {stage.restarts})" if stage.restarts > 1 else ""
+        log.info("pre-training epoch %d of %d%s: reconstruction %.4f", epoch + 1, stage.epochs, which,
+                 float(total) / max(1, len(loader)))
 
 
 def average_gradients_over_processes(params: list[nn.Parameter]) -> None:
