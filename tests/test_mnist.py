@@ -92,7 +92,7 @@ def test_vade_preset_on_briefly_pretrained_codes_does_not_collapse(mnist_dir, tm
     # EM fit's variances there (1e-4) the first epoch put every code into one component
     # (test accuracy 0.11-0.21 from starts of 0.43-0.47, three seeds)
     m = train_in_process(["experiment=vade_mnist", "data.limit_train=10000", "objective.pretrain_epochs=10",
-                          "trainer.max_epochs=1", f"paths.cache_dir={tmp_path}",
+                          "objective.pretrain_restarts=1", "trainer.max_epochs=1", f"paths.cache_dir={tmp_path}",
                           "trainer.enable_progress_bar=false"], tmp_path)
     assert m["start/acc"] > 0.35 and m["test/acc"] > 0.3
     assert m["train/min_covariance_eigenvalue"] > 5e-4
@@ -103,7 +103,8 @@ def test_a_collapsed_vade_run_is_said_out_loud(mnist_dir, tmp_path, caplog):
     # 2 pre-training epochs on 1000 images: every test image ends in one component (test
     # accuracy 0.13); without labels the cluster shares are what shows it
     m = train_in_process(["experiment=vade_mnist", "data.limit_train=1000", "data.val_size=500", "data.limit_test=500",
-                          "objective.pretrain_epochs=2", "objective.n_init=1", "trainer.max_epochs=3",
+                          "objective.pretrain_epochs=2", "objective.pretrain_restarts=1", "objective.n_init=1",
+                          "trainer.max_epochs=3",
                           f"paths.cache_dir={tmp_path}", "trainer.enable_progress_bar=false"], tmp_path)
     assert m["test/effective_clusters"] < 2
     assert "effective clusters of K=10" in caplog.text and "collapsed" in caplog.text
