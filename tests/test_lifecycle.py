@@ -195,8 +195,11 @@ def test_a_signal_while_the_command_imports_is_one_line_and_leaves_nothing(modul
     (fake / "__init__.py").write_text(f"import os, time\nos.kill(os.getpid(), {int(signum)})\ntime.sleep(5)\n")
     path = os.pathsep.join([str(tmp_path / "fake"), str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])
     args = ["model=deep_gmm"] if module == "torch" else []
+    # as from a shell: pytest-xdist's workers ignore SIGINT, and a child inherits that (Python
+    # installs its KeyboardInterrupt handler only where SIGINT is not ignored)
     done = subprocess.run([sys.executable, "-m", "dgmm_lab.train", *args], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": path})
+                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": path},
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert done.returncode == code, done.stderr
     assert done.stderr.strip() == (f"dgmm_lab: interrupted by {signal.Signals(signum).name} before training "
                                    "started; nothing was trained")
