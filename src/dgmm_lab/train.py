@@ -30,7 +30,10 @@ def not_started(err: KeyboardInterrupt) -> tuple[str, int]:
     return f"dgmm_lab: interrupted by {name} before training started; nothing was trained", code
 
 
-signal.signal(signal.SIGTERM, _sigterm_before_start)
+# the command line only: a process that imports this module (a launcher's worker, submitit's
+# job with its own SIGTERM bypass) keeps its handlers
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _sigterm_before_start)
 try:  # a signal while these load (about a second) is the one line below, not a traceback
     import hydra
     from hydra.core.hydra_config import HydraConfig
