@@ -42,6 +42,8 @@ def cli(args: list[str], tmp_path):
                                                    "allowed: an integer >= 0"]),
     (["data.val_fraction=1.5"], ["data.val_fraction=1.5 is not allowed", "allowed: a number in [0, 1)"]),
     (["trainer.precision=16-mixed"], ["trainer.precision='16-mixed' is not allowed", "allowed: 32-true, bf16-mixed"]),
+    (["trainer.precision=32"], ["trainer.precision=32 is not allowed", "older spelling of 32-true: write 32-true"]),
+    (["model=deep_gmm", "objective=vade", "trainer.precision=bf16"], ["older spelling of bf16-mixed: write bf16-mixed"]),
     (["trainer.precision=bf16-mixed"], ["trainer.precision=bf16-mixed is not allowed with model=em_gmm",
                                         "allowed: 32-true (bf16-mixed is offered with objective=vade)"]),
     (["model=deep_gmm", "objective=dagmm", "trainer.precision=bf16-mixed"],

@@ -185,6 +185,8 @@ def _check_monitor_and_device(cfg: DictConfig) -> None:
 
 
 PRECISIONS = ("32-true", "bf16-mixed")
+# refused, not mapped: the pre-training and the evaluation read the one spelling
+LIGHTNING_SPELLINGS = {"32": "32-true", "bf16": "bf16-mixed"}
 
 
 def check_precision(cfg: DictConfig) -> None:
@@ -193,7 +195,9 @@ def check_precision(cfg: DictConfig) -> None:
     within 1e-6 of 1) would lose their digits; a flow's log-determinant too."""
     precision = cfg.get("trainer", {}).get("precision", "32-true")
     if str(precision) not in PRECISIONS:
-        raise ConfigError(f"trainer.precision={precision!r} is not allowed; allowed: {', '.join(PRECISIONS)}")
+        spelled = LIGHTNING_SPELLINGS.get(str(precision))
+        hint = f" ({precision} is Lightning's older spelling of {spelled}: write {spelled})" if spelled else ""
+        raise ConfigError(f"trainer.precision={precision!r} is not allowed; allowed: {', '.join(PRECISIONS)}{hint}")
     objective = objective_name(cfg)
     if precision == "bf16-mixed" and objective != "vade":
         what = f"objective={objective}" if objective else "model=em_gmm"
