@@ -50,6 +50,14 @@ def cli(args: list[str], tmp_path):
      ["trainer.precision=bf16-mixed is not allowed with objective=dagmm"]),
     (["model=deep_gmm", "+model.optimizer.fused=yes"], ["model.optimizer.fused='yes' is not allowed",
                                                         "allowed: true or false, or null"]),
+    # values the model or Lightning refused only after the run directory was made
+    (["model.init_params=kmean"], ["model.init_params='kmean' is not allowed",
+                                   "allowed: kmeans, k-means++, random, random_from_data"]),
+    (["trainer.accelerator=cpuu"], ["trainer.accelerator='cpuu' is not allowed", "allowed: cpu, gpu, cuda, auto"]),
+    (["trainer.devices=0"], ["trainer.devices=0 is not allowed", "allowed: an integer >= 1, or a list of them, or auto"]),
+    (["trainer.num_nodes=0"], ["trainer.num_nodes=0 is not allowed", "allowed: an integer >= 1"]),
+    (["trainer.gradient_clip_val=-1"], ["trainer.gradient_clip_val=-1 is not allowed", "allowed: a number >= 0, or null"]),
+    (["trainer.deterministic=maybe"], ["trainer.deterministic='maybe' is not allowed", "allowed: true or false, or warn"]),
 ])
 def test_bad_value_is_one_line(args, needles, tmp_path):
     assert_one_error_line(cli(args, tmp_path), tmp_path, *needles)

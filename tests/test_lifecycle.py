@@ -87,6 +87,12 @@ def test_a_finished_run_is_not_retrained_or_rewritten(model, tmp_path):
     assert f"dgmm_lab: {tmp_path / 'run'} holds a finished run" in again.stderr
     assert "resume=false" in again.stderr
     assert snapshot(tmp_path / "run") == before  # byte for byte
+    other = train([*args, "k=7"], tmp_path)  # its results are not this command's: said, and kept
+    said = [line for line in other.stderr.splitlines() if line.strip()]
+    assert other.returncode == 2 and len(said) == 1, other.stderr[-3000:]
+    assert said[0].startswith(f"dgmm_lab: error: {tmp_path / 'run'} holds a finished run trained with k=")
+    assert "(now 7)" in said[0] and "resume=false" in said[0], said
+    assert snapshot(tmp_path / "run") == before
 
     fresh = train([*args, "resume=false"], tmp_path)
     assert fresh.returncode == 0, fresh.stderr[-3000:]
@@ -248,6 +254,8 @@ def test_a_successful_run_ends_with_its_metrics_directory_and_next_commands(tmp_
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert any(line.split() == ["test/nll", f"{metrics['test/nll']:.6g}"] for line in tail), tail
     assert any(line.startswith("EM converged after") and "model.tol=0.001" in line for line in tail), tail
+    one = train(["trainer.max_epochs=1", "hydra.run.dir=one"], tmp_path)  # one iteration has no change to compare
+    assert "EM stopped at trainer.max_epochs=1 after 1 iteration before converging" in one.stdout, one.stdout[-2000:]
     assert f"run dir:     {run_dir}" in "\n".join(tail)
     assert f"tensorboard --logdir {run_dir} --host 127.0.0.1" in "\n".join(tail)
     everything = result.stdout + result.stderr

@@ -156,10 +156,26 @@ def check_config(cfg: DictConfig) -> None:
     _check_launcher(cfg)
     if cfg.get("test_ckpt", "best") not in ("best", "last"):
         raise ConfigError(f"test_ckpt={cfg.test_ckpt!r} is not allowed; allowed: best, last")
+    _check_choices(cfg)
     check_ranges(cfg)
     _check_fractions(cfg)
     _check_epochs(cfg)
     _check_monitor_and_device(cfg)
+
+
+ACCELERATORS = ("cpu", "gpu", "cuda", "auto")
+
+
+def _check_choices(cfg: DictConfig) -> None:
+    """Words the model or Lightning would refuse only once the run directory exists."""
+    from .mixture.estimator import INIT_METHODS, INIT_SELECTIONS
+
+    choices = {"model.init_params": INIT_METHODS, "model.init_selection": INIT_SELECTIONS,
+               "objective.init_selection": INIT_SELECTIONS, "trainer.accelerator": ACCELERATORS}
+    for key, allowed in choices.items():
+        value = OmegaConf.select(cfg, key, default=_ABSENT)
+        if value is not _ABSENT and value not in allowed:
+            raise ConfigError(f"{key}={value!r} is not allowed; allowed: {', '.join(allowed)}")
 
 
 # what checkpoints and sweeps can minimise: metrics logged every epoch; val/loss only where
@@ -271,6 +287,9 @@ VALUE_RANGES = {
     "trainer.max_epochs": Range(int, -1, nullable=True), "trainer.max_steps": Range(int, -1),
     "trainer.check_val_every_n_epoch": Range(int, 1, nullable=True),
     "trainer.log_every_n_steps": Range(int, 1),
+    "trainer.devices": Range(int, 1, listable=True, words=("auto",)), "trainer.num_nodes": Range(int, 1),
+    "trainer.gradient_clip_val": Range(float, 0, nullable=True), "trainer.deterministic": Range(bool, words=("warn",)),
+    "trainer.num_sanity_val_steps": Range(int, -1),
     "model.tol": Range(float, 0), "model.reg_covar": Range(float, 0, words=("auto",)), "model.max_iter": Range(int, 1),
     "model.n_init": Range(int, 1), "model.init_max_samples": Range(int, 1), "model.init_em_steps": Range(int, 0),
     "model.optimizer.lr": Range(float, 0, open_low=True), "model.optimizer.weight_decay": Range(float, 0),

@@ -25,11 +25,10 @@ def clustering_metrics(labels, clusters) -> dict[str, float]:
             "ari": float(adjusted_rand_score(labels, clusters))}
 
 
-def anomaly_metrics(is_anomaly, energy, contamination: float | None = None,
-                    threshold: float | None = None, train_energy=None) -> dict[str, float]:
+def anomaly_metrics(is_anomaly, energy, threshold: float | None = None, train_energy=None) -> dict[str, float]:
     """Energy (-log p) as the anomaly score: AUROC, average precision, and DAGMM's protocol:
-    flag the top ``contamination`` fraction of energies (default: the true anomaly rate, which
-    looks at the test labels) as anomalies and report precision, recall and F1.  With a
+    flag the top fraction of energies that is the true anomaly rate (it reads the test labels'
+    count) as anomalies and report precision, recall and F1.  With a
     ``threshold`` fixed beforehand without labels (the model's, from validation normals: what
     ``predict`` flags by) also ``*_at_threshold``: the numbers a user of the model gets.  With
     the training normals' energies ``train_energy`` also ``f1_dagmm``, the DAGMM paper's: the
@@ -43,7 +42,7 @@ def anomaly_metrics(is_anomaly, energy, contamination: float | None = None,
         p, r, f, _ = precision_recall_fscore_support(is_anomaly, energy > cut, average="binary", zero_division=0)
         return {f"precision{suffix}": float(p), f"recall{suffix}": float(r), f"f1{suffix}": float(f)}
 
-    rate = is_anomaly.mean() if contamination is None else contamination
+    rate = is_anomaly.mean()
     scores = {"auroc": float(roc_auc_score(is_anomaly, energy)),
               "average_precision": float(average_precision_score(is_anomaly, energy)),
               **flagging(np.quantile(energy, 1 - rate))}

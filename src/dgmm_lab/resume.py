@@ -27,11 +27,21 @@ CHANGES_DIGITS = ("trainer.precision", "model.optimizer.fused", "model.optimizer
 
 def finished_run(cfg: DictConfig, output_dir: Path) -> dict | None:
     """The metrics of a finished run in output_dir, which is not trained again (one line says
-    so); None when there is something to train."""
+    so); None when there is something to train.  Refused when it was trained with other
+    settings than this command's: its results are not this command's."""
     if cfg.get("ckpt_path") is not None or not cfg.get("resume", True):
         return None
     if read_status(output_dir).get("state") != "finished":
         return None
+    last = output_dir / "checkpoints" / "last.ckpt"
+    if last.exists():
+        absolute_paths(cfg)
+        content = check_checkpoint(last, "resume", remedy="run with resume=false to start afresh, or delete it")
+        changed = config_differences(content.get("dgmm_lab_config"), OmegaConf.to_container(cfg, resolve=True))
+        if changed:
+            raise ConfigError(f"{output_dir} holds a finished run trained with {_shown(changed)}; its results are "
+                              "not this command's and stay. To train these settings: resume=false (moves its "
+                              "results to replaced-<time>/) or another hydra.run.dir")
     print(f"dgmm_lab: {output_dir} holds a finished run (status.json, metrics.json); nothing was retrained. "
           "To train again: resume=false (moves its results to replaced-<time>/) or another hydra.run.dir",
           file=sys.stderr)
@@ -63,9 +73,7 @@ def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
     saved, current = content.get("dgmm_lab_config"), OmegaConf.to_container(cfg, resolve=True)
     changed = config_differences(saved, current)
     if changed:
-        shown = ", ".join(f"{k}={spelled(old)} (now {spelled(new)})" for k, old, new in changed[:4])
-        more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
-        raise ConfigError(f"resume: {last} was trained with {shown}{more}; resume it with its own settings, "
+        raise ConfigError(f"resume: {last} was trained with {_shown(changed)}; resume it with its own settings, "
                           "or train these with resume=false (moves the old results aside) or another hydra.run.dir")
     _check_epochs_left(content, cfg, str(last), "or resume=false to start afresh (moves the old results aside)")
     log.info("resuming from %s", last)
@@ -75,6 +83,11 @@ def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
             log.warning("resuming with %s=%s; the epochs before were trained with %s=%s", key, spelled(new.get(key)),
                         key, spelled(old.get(key)))
     return str(last)
+
+
+def _shown(changed: list[tuple[str, object, object]]) -> str:
+    shown = ", ".join(f"{k}={spelled(old)} (now {spelled(new)})" for k, old, new in changed[:4])
+    return shown + (f" and {len(changed) - 4} more" if len(changed) > 4 else "")
 
 
 def spelled(value) -> str:

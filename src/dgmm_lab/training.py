@@ -248,9 +248,10 @@ def lightning_stops(guard: SignalGuard):
 def em_stop_reason(model, trainer: pl.Trainer) -> str:
     n, tol = int(model.n_iter), model.hparams.tol
     change = model.exact_metrics.get("train/log_likelihood_change", float("nan"))
-    if abs(change) < tol:
+    if n >= 2 and abs(change) < tol:  # the first iteration logs a change of 0: it has none
         return f"EM converged after {n} iteration{'s' * (n != 1)} (log-likelihood change {change:.3g} < model.tol={tol:g})"
     if n >= model.hparams.max_iter:
         return f"EM stopped at model.max_iter={n} before converging (last change {change:.3g}, model.tol={tol:g})"
-    return (f"EM stopped at trainer.max_epochs={trainer.max_epochs} after {n} iterations before converging "
-            f"(last change {change:.3g}, model.tol={tol:g}); raise trainer.max_epochs to go on")
+    last = f"last change {change:.3g}" if n >= 2 else "one iteration has no change"
+    return (f"EM stopped at trainer.max_epochs={trainer.max_epochs} after {n} iteration{'s' * (n != 1)} before "
+            f"converging ({last}, model.tol={tol:g}); raise trainer.max_epochs to go on")

@@ -184,7 +184,9 @@ class MixtureModule(pl.LightningModule):
             metrics["val/anomaly_threshold"] = self.anomaly["threshold"]
         if getattr(datamodule, "anomaly_protocol", False) and stage == "test":
             threshold = self.anomaly["threshold"] if self.anomaly else None
-            scores = anomaly_metrics(y.cpu().numpy(), (-log_p).cpu().numpy(), datamodule.contamination, threshold,
+            # test/f1 at the test set's true rate (DAGMM's protocol); data.contamination
+            # only places the label-free threshold, test/*_at_threshold
+            scores = anomaly_metrics(y.cpu().numpy(), (-log_p).cpu().numpy(), threshold=threshold,
                                      train_energy=-self.split_log_prob("train").numpy())
             metrics.update({f"{stage}/{name}": value for name, value in scores.items()})
         elif has_class_labels(y):
