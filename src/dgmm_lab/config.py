@@ -13,6 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from .mixture.choices import INIT_METHODS, INIT_SELECTIONS
 from .mixture.covariance_types import COVARIANCE_TYPES
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -168,8 +169,6 @@ ACCELERATORS = ("cpu", "gpu", "cuda", "auto")
 
 def _check_choices(cfg: DictConfig) -> None:
     """Words the model or Lightning would refuse only once the run directory exists."""
-    from .mixture.estimator import INIT_METHODS, INIT_SELECTIONS
-
     choices = {"model.init_params": INIT_METHODS, "model.init_selection": INIT_SELECTIONS,
                "objective.init_selection": INIT_SELECTIONS, "trainer.accelerator": ACCELERATORS}
     for key, allowed in choices.items():

@@ -16,6 +16,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import em
+from .choices import INIT_METHODS, INIT_SELECTIONS
 from .kmeans import CHUNK
 from .rows import MappedRows, batches, mapped, take
 from .density import (
@@ -25,8 +26,6 @@ from .density import (
     precision_cholesky_from_precision,
 )
 
-INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
-INIT_SELECTIONS = ("likelihood", "entropy")
 # init_selection="entropy": starts this close (relative) to the most even count as even; the
 # likelihood decides among them (on MNIST's codes, balanced and merging starts differ by 3-6%)
 EVEN_TOLERANCE = 0.01
