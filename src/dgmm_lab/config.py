@@ -155,8 +155,6 @@ def check_config(cfg: DictConfig) -> None:
     _check_backbone(cfg)
     _check_partials(cfg)
     _check_launcher(cfg)
-    if cfg.get("test_ckpt", "best") not in ("best", "last"):
-        raise ConfigError(f"test_ckpt={cfg.test_ckpt!r} is not allowed; allowed: best, last")
     _check_choices(cfg)
     check_ranges(cfg)
     _check_fractions(cfg)
@@ -169,7 +167,7 @@ ACCELERATORS = ("cpu", "gpu", "cuda", "auto")
 
 def _check_choices(cfg: DictConfig) -> None:
     """Words the model or Lightning would refuse only once the run directory exists."""
-    choices = {"model.init_params": INIT_METHODS, "model.init_selection": INIT_SELECTIONS,
+    choices = {"test_ckpt": ("best", "last"), "model.init_params": INIT_METHODS, "model.init_selection": INIT_SELECTIONS,
                "objective.init_selection": INIT_SELECTIONS, "trainer.accelerator": ACCELERATORS}
     for key, allowed in choices.items():
         value = OmegaConf.select(cfg, key, default=_ABSENT)

@@ -35,9 +35,8 @@ def finished_run(cfg: DictConfig, output_dir: Path) -> dict | None:
         return None
     last = output_dir / "checkpoints" / "last.ckpt"
     if last.exists():
-        absolute_paths(cfg)
-        content = check_checkpoint(last, "resume", remedy="run with resume=false to start afresh, or delete it")
-        changed = config_differences(content.get("dgmm_lab_config"), OmegaConf.to_container(cfg, resolve=True))
+        absolute_paths(cfg)  # as the config was saved
+        _, changed = _trained_settings(cfg, last)
         if changed:
             raise ConfigError(f"{output_dir} holds a finished run trained with {_shown(changed)}; its results are "
                               "not this command's and stay. To train these settings: resume=false (moves its "
@@ -69,20 +68,25 @@ def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
     last = output_dir / "checkpoints" / "last.ckpt"
     if not cfg.get("resume", True) or not last.exists():
         return None
-    content = check_checkpoint(last, "resume", remedy="run with resume=false to start afresh, or delete it")
-    saved, current = content.get("dgmm_lab_config"), OmegaConf.to_container(cfg, resolve=True)
-    changed = config_differences(saved, current)
+    content, changed = _trained_settings(cfg, last)
     if changed:
         raise ConfigError(f"resume: {last} was trained with {_shown(changed)}; resume it with its own settings, "
                           "or train these with resume=false (moves the old results aside) or another hydra.run.dir")
     _check_epochs_left(content, cfg, str(last), "or resume=false to start afresh (moves the old results aside)")
     log.info("resuming from %s", last)
-    old, new = _flat(saved or {}), _flat(current)
+    saved = content.get("dgmm_lab_config")
+    old, new = _flat(saved or {}), _flat(OmegaConf.to_container(cfg, resolve=True))
     for key in CHANGES_DIGITS if saved else ():
         if old.get(key) != new.get(key):
             log.warning("resuming with %s=%s; the epochs before were trained with %s=%s", key, spelled(new.get(key)),
                         key, spelled(old.get(key)))
     return str(last)
+
+
+def _trained_settings(cfg: DictConfig, last: Path) -> tuple[dict, list[tuple[str, object, object]]]:
+    """A run dir's last.ckpt, checked, and how its settings differ from this command's."""
+    content = check_checkpoint(last, "resume", remedy="run with resume=false to start afresh, or delete it")
+    return content, config_differences(content.get("dgmm_lab_config"), OmegaConf.to_container(cfg, resolve=True))
 
 
 def _shown(changed: list[tuple[str, object, object]]) -> str:
