@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import FAST, compose_config, run_cli, train_in_process
-from dgmm_lab.config import ConfigError, check_config, check_overrides
+from dgmm_lab.config import ConfigError, check_config, check_override_ranges, check_overrides
 from dgmm_lab.data import ArrayDataModule
 from dgmm_lab.data.mnist import RAW_FILES, damaged_raw_file
 
@@ -90,6 +90,11 @@ def test_bad_value_is_one_line(args, needles, tmp_path):
      "allowed under objective: dropout, error_features, "),
     (["data.flatten=true"], "dgmm_lab: error: data.flatten is not a key of data=synthetic; it is a setting of "
                             "data=mnist; allowed under data: batch_size, "),
+    # a value out of the other option's range: the missing key is what is wrong, not the value
+    (["data.val_size=-1"], "dgmm_lab: error: data.val_size is not a key of data=synthetic; it is a setting of "
+                           "data=mnist and data=mnist_halves; allowed under data: batch_size, "),
+    (["+model.tool=1e-3"], "dgmm_lab: error: model.tool is not a setting of dgmm_lab.models.em_gmm.EMGMM; "
+                           "did you mean model.tol? allowed: n_components, "),
     (["foo"], "dgmm_lab: error: 'foo' is not an override (Error parsing override 'foo'); allowed: key=value"),
     (["+model.foo=1"], "dgmm_lab: error: model.foo is not a setting of dgmm_lab.models.em_gmm.EMGMM; "
                        "allowed: n_components, covariance_type, tol, "),
@@ -123,15 +128,15 @@ def test_a_precision_a_later_sweep_point_cannot_have_stops_the_sweep_before_any_
     (["data.val_fraction=range(0.5,2,1)"], "data.val_fraction=1.5 is not allowed"),
     (["+data.eval_batch_size=0"], "data.eval_batch_size=0 is not allowed"),
 ])
-def test_sweep_points_are_checked_before_composing(args, message):
+def test_sweep_points_are_checked_before_any_job(args, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
-        check_overrides(args)
+        check_override_ranges(args)
 
 
 @pytest.mark.parametrize("args", [["seed=${oc.env:SEED}"], ["data.val_fraction=interval(0,0.5)"], ["seed=1,2,3"],
                                   ["trainer.max_epochs=null"], ["model.tol=1e-4"]])
 def test_sweep_points_that_pass_before_composing(args):
-    check_overrides(args)  # interpolations and drawn intervals are checked once composed
+    check_override_ranges(args)  # interpolations and drawn intervals are checked once composed
 
 
 # the neighbours take the same path (check_config, before anything is built): checked in-process

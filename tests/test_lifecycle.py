@@ -244,6 +244,13 @@ def test_a_checkpoint_copied_out_of_its_run_dir_evaluates_to_the_same_numbers(tm
     assert changed.returncode == 2 and error_lines(changed.stderr) == [
         "dgmm_lab: error: k=5 cannot change a trained model; allowed: data=GROUP, data.* (data.limit_test=1000, "
         "data.path=...), trainer.accelerator, num_threads"], changed.stderr
+    typo = subprocess.run([sys.executable, "-m", "dgmm_lab.evaluate", "ckpt_path=model.ckpt", "data.n_sample=100"],
+                          cwd=elsewhere, capture_output=True, text=True)
+    assert typo.returncode == 2 and error_lines(typo.stderr) == [
+        "dgmm_lab: error: data.n_sample is not a setting of dgmm_lab.data.SyntheticDataModule; did you mean "
+        "data.n_samples? allowed: shape, n_samples, dim, n_clusters, separation, covariance_type, noise, seed"], typo.stderr
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["eval", "model.ckpt"]  # nothing new written
+    assert len(list((elsewhere / "eval").iterdir())) == 1
 
 
 def test_a_successful_run_ends_with_its_metrics_directory_and_next_commands(tmp_path):

@@ -94,9 +94,8 @@ def objective_class(cfg: DictConfig):
 
 
 def check_overrides(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
-    """Unknown config-group choices (``backbone=foo``) and numbers out of range, before Hydra
-    composes anything."""
-    check_override_ranges(argv)
+    """Unknown config-group choices (``backbone=foo``), k and covariance, before Hydra composes
+    anything."""
     for arg in argv:
         if "=" not in arg or arg.startswith(("-", "+", "~", "hydra")):
             continue
@@ -117,7 +116,9 @@ def check_overrides(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
 def check_override_ranges(argv: list[str], ranges: dict[str, "Range"] | None = None) -> None:
     """Every sweep point of a number ``VALUE_RANGES`` knows, before any job runs: a bad
     second point (``data.batch_size=256,0 -m``) would otherwise end the sweep after the
-    first job trained.  check_config checks the composed values again."""
+    first job trained.  Called after check_composes, so a key the chosen config lacks
+    (``data.val_size`` with data=synthetic) is named as that, not as a range of another
+    group's key.  check_config checks the composed values again."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     ranges = VALUE_RANGES if ranges is None else ranges

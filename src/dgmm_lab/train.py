@@ -41,7 +41,7 @@ try:  # a signal while these load (about a second) is the one line below, not a 
     from omegaconf import DictConfig
 
     from .composition import check_composes
-    from .config import CONF_DIR, ConfigError, check_config, check_overrides, report_and_exit
+    from .config import CONF_DIR, ConfigError, check_config, check_override_ranges, check_overrides, report_and_exit
     from .console import quiet_lightning
     from .lifecycle import Interrupted, global_rank_from_env
 except KeyboardInterrupt as stop:
@@ -112,6 +112,7 @@ def cli() -> None:
     try:
         check_overrides(sys.argv[1:])
         check_composes(sys.argv[1:])
+        check_override_ranges(sys.argv[1:])
         main()
     except ConfigError as err:
         report_and_exit(err)

@@ -6,6 +6,7 @@ Everything a run produces lives in its Hydra output directory: ``config.yaml`` (
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import json
 import logging
@@ -73,7 +74,9 @@ def instantiate_group(cfg: DictConfig, group: str, **kwargs):
         target = cfg[group]._target_
         params = [name for name, p in inspect.signature(get_class(target)).parameters.items()
                   if name not in kwargs and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
-        raise ConfigError(f"{group}.{match.group(1)} is not a setting of {target}; "
+        close = difflib.get_close_matches(match.group(1), params, n=1)
+        hint = f"did you mean {group}.{close[0]}? " if close else ""
+        raise ConfigError(f"{group}.{match.group(1)} is not a setting of {target}; {hint}"
                           f"allowed: {', '.join(params)}") from None
     return made  # a partial's keys are checked by config._check_partials before this
 
