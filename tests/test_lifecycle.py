@@ -75,6 +75,28 @@ def test_a_signal_gives_the_shells_exit_code_and_an_interrupted_status(signum, c
     assert "Traceback" not in stderr
 
 
+def test_a_second_ctrl_c_while_the_run_shuts_down_still_exits_130(tmp_path):
+    # before: the second SIGINT, after the interruption was said, ended the process by
+    # signal (exit -2) or with a KeyboardInterrupt traceback from the interpreter's teardown
+    run_dir = tmp_path / "run"
+    proc = start([*DEEP_LONG, f"hydra.run.dir={run_dir}"], tmp_path)
+    wait_for_epoch(run_dir, proc)
+    proc.send_signal(signal.SIGINT)
+    said = []
+    for line in proc.stderr:
+        said.append(line)
+        if line.startswith("dgmm_lab: interrupted"):
+            break
+    while proc.poll() is None:  # Ctrl-C held down until the process is gone
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.02)
+    _, rest = proc.communicate(timeout=120)
+    stderr = "".join(said) + rest
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "interrupted"
+
+
 @pytest.mark.parametrize("model", ["em_gmm", pytest.param("deep_gmm", marks=pytest.mark.slow)])
 def test_a_finished_run_is_not_retrained_or_rewritten(model, tmp_path):
     args = [f"model={model}", "debug=fast", f"hydra.run.dir={tmp_path / 'run'}"]

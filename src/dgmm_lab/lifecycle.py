@@ -132,13 +132,18 @@ class SignalGuard:
     :func:`stop_point` (every batch; Lightning shuts down cleanly on it), and a second
     Ctrl-C raises at once.  Elsewhere (data loading, writing results) the handler raises at
     once, and :meth:`raise_if_signalled` before results are written catches one that was
-    swallowed.  Under submitit (Slurm) its SIGTERM bypass and USR2 requeue stay untouched.
+    swallowed.  While the stop is recorded (``recording``) further signals are ignored: they
+    would cut the status and the message short; where the process then exits (``exiting``)
+    Ctrl-C stays ignored.  Under submitit (Slurm) its SIGTERM bypass
+    and USR2 requeue stay untouched.
     """
 
     def __init__(self):
         self.in_fit = False
         self.received: int | None = None
         self.stop_pending = False
+        self.recording = False  # the stop is being written down: another signal would cut that short
+        self.exiting = False  # and the process ends with it: no handler to restore
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> "SignalGuard":
@@ -152,10 +157,14 @@ class SignalGuard:
     def __exit__(self, *exc) -> None:
         global _ACTIVE
         for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+            # a second Ctrl-C during the interpreter's teardown would end the process by signal
+            # or with a traceback instead of the recorded stop's exit 130
+            signal.signal(signum, signal.SIG_IGN if self.exiting and signum == signal.SIGINT else handler)
         _ACTIVE = None
 
     def _handle(self, signum, frame) -> None:
+        if self.recording:
+            return
         again = self.received is not None
         self.received = signum
         if not self.in_fit:

@@ -154,6 +154,10 @@ def run(cfg: DictConfig) -> float | None:
             try:
                 metrics = fit_and_test(cfg, output_dir, ckpt_path, guard)
             except Interrupted as stop:
+                guard.recording = True
+                # a job of a parallel local sweep goes back to its worker, which runs other jobs
+                guard.exiting = not (HydraConfig.initialized()
+                                     and HydraConfig.get().runtime.choices.get("hydra/launcher") == "joblib")
                 if is_rank_zero:
                     record_interruption(output_dir, stop.signum)
                 raise
