@@ -58,20 +58,31 @@ FULL_PRODUCT_ELEMENTS = 2**22
 
 
 def _sq_mahalanobis_full(x: Tensor, means: Tensor, prec_chol: Tensor, x_sq=None) -> Tensor:
-    # (x - mu_k) P_k for all k with one GEMM: x (N, D) @ [P_1 .. P_K] (D, K*D)
-    # and mu_k P_k as the GEMM's bias: one (rows, K*D) tensor, squared in place when no
-    # gradient needs it (the E-step's hot loop)
+    # (x - mu_k) P_k for all k with one GEMM: x (N, D) @ [P_1 .. P_K] (D, K*D), minus mu_k P_k:
+    # one (rows, K*D) tensor, squared in place when no gradient needs it (the E-step's hot loop)
     n, d = x.shape
     k = means.shape[0]
     mp = torch.einsum("kd,kde->ke", means, prec_chol).reshape(k * d)
     factors = prec_chol.permute(1, 0, 2).reshape(d, k * d)
     rows = max(1, FULL_PRODUCT_ELEMENTS // (k * d))
-    parts = []
-    for xc in torch.split(x, rows):
-        y = torch.addmm(-mp, xc, factors)
-        y = y.square() if y.requires_grad else y.square_()
-        parts.append(y.view(len(xc), k, d).sum(-1))
-    return parts[0] if len(parts) == 1 else torch.cat(parts)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, means, prec_chol)):
+        parts = [torch.addmm(-mp, xc, factors).square().view(len(xc), k, d).sum(-1) for xc in torch.split(x, rows)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+    # Without gradients -mu_k P_k is one more row of the factors, against a column of ones:
+    # addmm would first copy its bias into every row of the (rows, K*D) output, 25-40% of
+    # the product's time (MNIST PCA-50, K=10)
+    factors = torch.cat([factors, -mp.unsqueeze(0)])
+    rows = min(rows, n)
+    with_ones = x.new_empty(rows, d + 1)
+    with_ones[:, d] = 1.0
+    product = x.new_empty(rows, k * d)
+    out = x.new_empty(n, k)
+    for start in range(0, n, rows):
+        m = min(rows, n - start)
+        with_ones[:m, :d].copy_(x[start:start + m])
+        y = torch.mm(with_ones[:m], factors, out=product[:m]).square_()
+        torch.sum(y.view(m, k, d), -1, out=out[start:start + m])
+    return out
 
 
 def _sq_mahalanobis_tied(x: Tensor, means: Tensor, prec_chol: Tensor, x_sq=None) -> Tensor:
