@@ -165,7 +165,22 @@ def rate(r: dict) -> str:
     return f"{r['gflops']:.0f} of {r['peak_gflops']:.0f} ({r['gflops'] / r['peak_gflops']:.0%})"
 
 
+def machine() -> str:
+    """The CPU and library versions: the ratios depend on them (scikit-learn's OpenBLAS against
+    torch's MKL on an AMD CPU is not the same contest as on an Intel one)."""
+    import platform
+
+    import numpy as np
+    import sklearn
+    import torch
+
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor() or "unknown CPU") if os.path.exists("/proc/cpuinfo") else platform.processor()
+    return f"{cpu} (torch's CPU capability {torch.backends.cpu.get_cpu_capability()}), torch {torch.__version__}, scikit-learn {sklearn.__version__}, numpy {np.__version__}"
+
+
 def same_start_table(args) -> None:
+    print(machine())
     print(f"EM, {args.iters} iterations from the same start, tol=0, fastest of {args.repeats} rounds x 2 fits; "
           f"ours on {args.device}" + (" (its peak MB: GPU memory allocated)" if args.device != "cpu" else "") + "\n")
     print("| case | N x D, K | threads | sklearn f64 s | ours f64 s | speed-up f64 | sklearn f32 s | ours f32 s "
@@ -192,6 +207,7 @@ def same_start_table(args) -> None:
 
 
 def end_to_end_table(args) -> None:
+    print(machine())
     print(f"\nEnd to end: each library's default start (k-means) and {args.iters} EM iterations (tol=0), "
           f"float64, {args.threads[0]} threads, fastest of {args.repeats} processes x 1 fit\n")
     print("| case | N x D, K | fit | seconds | vs sklearn | iterations | mean log-likelihood | peak MB |")
