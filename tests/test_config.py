@@ -36,6 +36,10 @@ from dgmm_lab.config import CONF_DIR, ConfigError, check_config, group_options
      "objective.pretrain_shift=0.7 is not allowed; allowed: a number in [0, 0.5)"),
     (["model=deep_gmm", "objective=vade", "backbone=mlp", "objective.pretrain_rotation=10"],
      "objective.pretrain_rotation=10 rotates or shifts images, and data=SyntheticDataModule has none"),
+    (["model=deep_gmm", "objective=vade", "backbone=mlp", "objective.shift=0.2"],
+     "objective.shift=0.2 rotates or shifts images, and data=SyntheticDataModule has none"),
+    (["model=deep_gmm", "objective=vade", "backbone=mlp", "data=mnist", "objective.rotation=-5"],
+     "objective.rotation=-5 is not allowed; allowed: a number in [0, 180]"),
 ])
 def test_bad_override_fails_with_one_line(args, expected, tmp_path):
     flags = [a for a in args if a.startswith("-")]

@@ -70,6 +70,20 @@ def test_vade_pretraining_on_rotated_and_shifted_digits_is_cached_apart(mnist_di
     assert augmented["start/nmi"] != plain["start/nmi"]
 
 
+def test_vade_epochs_on_rotated_and_shifted_digits_share_the_pretraining(mnist_dir, tmp_path):
+    cache = tmp_path / "cache"
+    common = ["model=deep_gmm", "objective=vade", "objective.likelihood=bernoulli", "backbone=mlp", "data=mnist",
+              "data.flatten=true", "data.limit_train=512", "data.limit_test=64", "k=10", "covariance=diag",
+              "objective.pretrain_epochs=1", "trainer.max_epochs=2", "logger=csv", f"paths.cache_dir={cache}", *FAST]
+    plain = train_in_process(common, tmp_path / "plain")
+    augmented = train_in_process([*common, "objective.rotation=10", "objective.shift=0.1"], tmp_path / "augmented")
+    # the VaDE steps' augmentation is not the pre-training's: one autoencoder, one start
+    assert len(list((cache / "pretrain").glob("pretrain-*.pt"))) == 1
+    assert augmented["start/nmi"] == plain["start/nmi"]
+    # ... and the steps saw other images
+    assert augmented["test/nll"] != plain["test/nll"]
+
+
 @pytest.mark.slow
 def test_em_on_pca_features_clusters_mnist(mnist_dir, tmp_path):
     m = train_in_process(["experiment=em_mnist_pca", "data.limit_train=10000",

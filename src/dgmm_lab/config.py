@@ -301,6 +301,8 @@ VALUE_RANGES = {
     "objective.pretrain_lr": Range(float, 0, open_low=True),
     "objective.pretrain_rotation": Range(float, 0, 180),  # degrees
     "objective.pretrain_shift": Range(float, 0, 0.5, open_high=True),  # fraction of the image size
+    "objective.rotation": Range(float, 0, 180),
+    "objective.shift": Range(float, 0, 0.5, open_high=True),
 }
 _ABSENT = object()
 
@@ -431,7 +433,7 @@ def check_against_data(cfg: DictConfig, datamodule) -> None:
             raise ConfigError(f"objective.likelihood=bernoulli models values in [0, 1], and data={type(datamodule).__name__} "
                               f"has values in [{low:.3g}, {high:.3g}] (its loss would have no lower bound); "
                               "allowed: objective.likelihood=gaussian, or data scaled to [0, 1]")
-    augment = [key for key in ("pretrain_rotation", "pretrain_shift") if name and cfg.objective.get(key)]
+    augment = [key for key in ("pretrain_rotation", "pretrain_shift", "rotation", "shift") if name and cfg.objective.get(key)]
     if augment and getattr(datamodule, "image_shape", None) is None:
         raise ConfigError(f"objective.{augment[0]}={cfg.objective[augment[0]]} rotates or shifts images, and "
                           f"data={type(datamodule).__name__} has none; allowed: 0 for data without images")

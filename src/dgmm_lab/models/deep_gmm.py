@@ -23,7 +23,7 @@ from ..distributed import all_reduce_with_grad, gather_uneven, sum_over_processe
 from ..nets.feature_extractor import FeatureExtractor
 from ..objectives.base import Objective
 from .base import MixtureModule
-from .pretraining import FastPath, pretrain
+from .pretraining import FastPath, augmentation, pretrain
 from .step_window import StepWindow
 
 log = logging.getLogger(__name__)
@@ -122,9 +122,12 @@ class DeepGMM(MixtureModule):
     def on_train_epoch_start(self) -> None:
         self._epoch_start = time.perf_counter()
         self._window = StepWindow()
+        # its draws come from the global generator, which checkpoints save and restore
+        self._augment = augmentation(*self.objective.augmentation, getattr(self.trainer.datamodule, "image_shape", None))
 
     def training_step(self, batch, batch_idx):
         x, y = batch
+        x = self._augment(x)
         loss, parts = self.objective.loss(x, reduce=all_reduce_with_grad, target=y if self.conditional else None)
         self._window.add(self.global_step, {"loss": loss, **parts})
         # Lightning writes on-step values at these steps; the epoch's last batch comes before

@@ -59,6 +59,9 @@ class Objective(nn.Module):
     selection_metric: ClassVar[str] = "val/nll"
     # set by the constructor where the settings ask for autoencoder pre-training
     pretraining: Pretraining | None = None
+    # (degrees, fraction of the image size): the training steps' images rotated and shifted
+    # at random (DEC-DA augments its clustering stage too); validation and test see them as they are
+    augmentation: tuple[float, float] = (0.0, 0.0)
 
     backbone: FeatureExtractor
 

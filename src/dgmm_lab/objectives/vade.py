@@ -47,7 +47,8 @@ class VaDEObjective(Objective):
     n_init EM starts on the pre-trained codes, the one kept chosen by ``init_selection``
     (``likelihood``, or ``entropy`` of its weights for clusters of about equal size, as
     ``GaussianMixture`` explains).  ``pretrain_epochs`` > 0 adds the autoencoder
-    stage (``pretrain_*``: its learning rate, loss, image augmentation and cache).
+    stage (``pretrain_*``: its learning rate, loss, image augmentation and cache);
+    ``rotation`` and ``shift`` augment the images of the ELBO's training steps in the same way.
     """
 
     name = "vade"
@@ -58,7 +59,8 @@ class VaDEObjective(Objective):
                  likelihood: str = "gaussian", decoder_std: float = 1.0, min_scale: float = 1e-3,
                  n_init: int = 1, init_selection: str = "likelihood", pretrain_epochs: int = 0, pretrain_lr: float = 1e-3,
                  pretrain_reconstruction: str = "likelihood", pretrain_rotation: float = 0.0,
-                 pretrain_shift: float = 0.0, pretrain_cache_dir: str | None = None, pretrain_restarts: int = 1):
+                 pretrain_shift: float = 0.0, pretrain_cache_dir: str | None = None, pretrain_restarts: int = 1,
+                 rotation: float = 0.0, shift: float = 0.0):
         super().__init__()
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"objective.likelihood={likelihood!r} is not allowed; allowed: {', '.join(LIKELIHOODS)}")
@@ -72,6 +74,7 @@ class VaDEObjective(Objective):
         self.backbone, self.likelihood, self.decoder_std = backbone, likelihood, decoder_std
         self.pretrain_reconstruction, self.n_init = pretrain_reconstruction, n_init
         self.init_selection = init_selection
+        self.augmentation = (rotation, shift)
         if pretrain_epochs > 0:
             self.pretraining = Pretraining(pretrain_epochs, pretrain_lr, pretrain_rotation, pretrain_shift,
                                            pretrain_cache_dir, (likelihood, decoder_std, pretrain_reconstruction),
