@@ -174,9 +174,11 @@ def machine() -> str:
     import sklearn
     import torch
 
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor() or "unknown CPU") if os.path.exists("/proc/cpuinfo") else platform.processor()
-    return f"{cpu} (torch's CPU capability {torch.backends.cpu.get_cpu_capability()}), torch {torch.__version__}, scikit-learn {sklearn.__version__}, numpy {np.__version__}"
+    cpu = platform.processor() or "unknown CPU"
+    if os.path.exists("/proc/cpuinfo"):
+        cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), cpu)
+    return (f"{cpu} (torch's CPU capability {torch.backends.cpu.get_cpu_capability()}), torch {torch.__version__}, "
+            f"scikit-learn {sklearn.__version__}, numpy {np.__version__}")
 
 
 def same_start_table(args) -> None:

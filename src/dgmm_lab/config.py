@@ -268,6 +268,8 @@ class Range:
 
 SEED = Range(int, 0, 2**32 - 1)  # what numpy (and so seed_everything) accepts
 FRACTION = Range(float, 0, 1, open_high=True)
+# image augmentation: degrees, and a fraction of the image size
+ROTATION, SHIFT = Range(float, 0, 180), Range(float, 0, 0.5, open_high=True)
 # keys checked where the chosen config has them (data.val_size only in data=mnist, ...)
 VALUE_RANGES = {
     "seed": SEED, "num_threads": Range(int, 1),
@@ -299,10 +301,8 @@ VALUE_RANGES = {
     "objective.decoder_std": Range(float, 0, open_low=True), "objective.target_dim": Range(int, 1, nullable=True),
     "objective.pretrain_epochs": Range(int, 0), "objective.pretrain_restarts": Range(int, 1),
     "objective.pretrain_lr": Range(float, 0, open_low=True),
-    "objective.pretrain_rotation": Range(float, 0, 180),  # degrees
-    "objective.pretrain_shift": Range(float, 0, 0.5, open_high=True),  # fraction of the image size
-    "objective.rotation": Range(float, 0, 180),
-    "objective.shift": Range(float, 0, 0.5, open_high=True),
+    "objective.pretrain_rotation": ROTATION, "objective.pretrain_shift": SHIFT,
+    "objective.rotation": ROTATION, "objective.shift": SHIFT,
 }
 _ABSENT = object()
 
