@@ -176,8 +176,11 @@ def read_profile(path: Path) -> dict[str, float]:
 
 # --------------------------------------------------------------------------- start-up
 def startup_table(rounds: int, before: str | None) -> None:
-    """Wall seconds of the import floor and of the default job (``python -m dgmm_lab.train``),
-    interleaved, median of ``rounds``."""
+    """Wall and CPU seconds of the import floor and of the default job (``python -m
+    dgmm_lab.train``), interleaved; "above the floor" is the median of each round's difference
+    to that round's floor (the floor itself drifts by seconds under shared load)."""
+    import resource
+
     commands = {"import floor: python -c 'import pytorch_lightning, hydra'":
                 [sys.executable, "-c", "import pytorch_lightning, hydra"]}
     for label, src in (("default job: python -m dgmm_lab.train", None),
@@ -186,20 +189,29 @@ def startup_table(rounds: int, before: str | None) -> None:
             continue
         commands[label] = (src or str(ROOT / "src"), [sys.executable, "-m", "dgmm_lab.train"])
     walls = {label: [] for label in commands}
+    cpus = {label: [] for label in commands}
     for _ in range(rounds):
         for label, command in commands.items():
             src, argv = command if isinstance(command, tuple) else (str(ROOT / "src"), command)
             with tempfile.TemporaryDirectory() as run_dir:
+                used = resource.getrusage(resource.RUSAGE_CHILDREN)
                 start = time.perf_counter()
                 subprocess.run([*argv, *([f"hydra.run.dir={run_dir}"] if "dgmm_lab.train" in argv else [])],
                                capture_output=True, check=True, cwd=run_dir, env=dict(os.environ, PYTHONPATH=src))
                 walls[label].append(time.perf_counter() - start)
-    floor = statistics.median(walls[next(iter(walls))])
+                now = resource.getrusage(resource.RUSAGE_CHILDREN)
+                cpus[label].append(now.ru_utime + now.ru_stime - used.ru_utime - used.ru_stime)
+    floor_label = next(iter(walls))
+
+    def above(values: dict, label: str) -> float:
+        return statistics.median(a - b for a, b in zip(values[label], values[floor_label]))
+
     print(f"\nStart-up, median of {rounds} interleaved rounds\n")
-    print("| command | seconds | above the floor |")
-    print("|---|---|---|")
-    for label, w in walls.items():
-        print(f"| {label} | {statistics.median(w):.2f} | {statistics.median(w) - floor:+.2f} |")
+    print("| command | wall seconds | above the floor | CPU seconds | above the floor |")
+    print("|---|---|---|---|---|")
+    for label in walls:
+        print(f"| {label} | {statistics.median(walls[label]):.2f} | {above(walls, label):+.2f} "
+              f"| {statistics.median(cpus[label]):.2f} | {above(cpus, label):+.2f} |")
 
 
 # --------------------------------------------------------------------------- the table

@@ -40,7 +40,7 @@ try:  # a signal while these load (about a second) is the one line below, not a 
     from hydra.types import RunMode
     from omegaconf import DictConfig
 
-    from .composition import check_composes
+    from .composition import check_composes, hydra_mode_from
     from .config import CONF_DIR, ConfigError, check_config, check_override_ranges, check_overrides, report_and_exit
     from .console import quiet_lightning
     from .lifecycle import Interrupted, global_rank_from_env
@@ -111,9 +111,10 @@ def cli() -> None:
     sys.argv = [sys.argv[0], *flags, *(a for a in sys.argv[1:] if a not in flags)]
     try:
         check_overrides(sys.argv[1:])
-        check_composes(sys.argv[1:])
+        composed = check_composes(sys.argv[1:])
         check_override_ranges(sys.argv[1:])
-        main()
+        with hydra_mode_from(composed):
+            main()
     except ConfigError as err:
         report_and_exit(err)
     except KeyboardInterrupt as stop:  # before a run's own handler is in place, or while a parallel launcher waits

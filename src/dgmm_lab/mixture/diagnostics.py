@@ -109,11 +109,11 @@ def automatic_reg_covar(z: Tensor, n_train: int, n_components: int, covariance_t
     covariance toward their mean variance, as a ridge: reg = alpha * mean variance, which
     pulls each component's covariance toward the data's own scale.  z (N, D) a sample of the
     training features.  Returns (reg_covar, why) with why None where the floor was kept."""
-    from sklearn.covariance import ledoit_wolf_shrinkage
-
     d = z.shape[1]
     if not too_few_points(n_train, n_components, d, covariance_type):
         return floor, None
+    from sklearn.covariance import ledoit_wolf_shrinkage  # a third of a second of start-up: only here
+
     x = z.double().cpu().numpy()
     alpha = float(ledoit_wolf_shrinkage(x))
     variance = float(x.var(axis=0).mean())

@@ -24,6 +24,9 @@ from .rows import MappedRows, batches
 
 # as scikit-learn: keeps an emptied component's weight and mean finite
 _NK_EPS = 10 * torch.finfo(torch.float64).eps
+# init_selection="entropy": starts this close (relative) to the most even count as even; the
+# likelihood decides among them (on MNIST's codes, balanced and merging starts differ by 3-6%)
+EVEN_TOLERANCE = 0.01
 
 
 @dataclass
@@ -304,6 +307,18 @@ def initial_mixture(x: Tensor, k: int, covariance_type: str, method: str, genera
         if best is None or score > best_score:
             best, best_score = result, score
     return best
+
+
+def select_start(lower_bounds: list[float], weights: list[torch.Tensor], init_selection: str) -> tuple[int, list[float]]:
+    """Which of n fits to keep, from their mean log-likelihoods and weights (each (K,)): the
+    likeliest (``likelihood``), or the likeliest of those whose effective number of components
+    (exp of the weights' entropy) is within ``EVEN_TOLERANCE`` of the highest (``entropy``).
+    Returns its index (the first of equals, as scikit-learn) and the n effective numbers."""
+    effective = [math.exp(torch.special.entr(w).sum().item()) for w in weights]
+    candidates = range(len(lower_bounds))
+    if init_selection == "entropy":
+        candidates = [i for i in candidates if effective[i] >= (1 - EVEN_TOLERANCE) * max(effective)]
+    return max(candidates, key=lower_bounds.__getitem__), effective
 
 
 def em_step(x: Tensor | MappedRows, mixture: MixtureDensity, shift: Tensor, reg_covar: float = 1e-6,

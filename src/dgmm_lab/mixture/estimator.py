@@ -26,24 +26,9 @@ from .density import (
     precision_cholesky_from_precision,
 )
 
-# init_selection="entropy": starts this close (relative) to the most even count as even; the
-# likelihood decides among them (on MNIST's codes, balanced and merging starts differ by 3-6%)
-EVEN_TOLERANCE = 0.01
 _CHUNK = 4096
 # start values of a memory-mapped X come from at most this many rows unless init_max_samples says
 MAPPED_INIT_SAMPLES = 2**17
-
-
-def select_start(lower_bounds: list[float], weights: list[torch.Tensor], init_selection: str) -> tuple[int, list[float]]:
-    """Which of n fits to keep, from their mean log-likelihoods and weights (each (K,)): the
-    likeliest (``likelihood``), or the likeliest of those whose effective number of components
-    (exp of the weights' entropy) is within ``EVEN_TOLERANCE`` of the highest (``entropy``).
-    Returns its index (the first of equals, as scikit-learn) and the n effective numbers."""
-    effective = [math.exp(torch.special.entr(w).sum().item()) for w in weights]
-    candidates = range(len(lower_bounds))
-    if init_selection == "entropy":
-        candidates = [i for i in candidates if effective[i] >= (1 - EVEN_TOLERANCE) * max(effective)]
-    return max(candidates, key=lower_bounds.__getitem__), effective
 
 
 class GaussianMixture(DensityMixin, BaseEstimator):
@@ -180,7 +165,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             [self._initial_mixture(x, shift, generator) for _ in range(self.n_init)]
         results = self._run_em(x, starts, shift)
         bounds = [r["lower_bound"] for r in results]
-        best, effective = select_start(bounds, [r["mixture"].weights for r in results], self.init_selection)
+        best, effective = em.select_start(bounds, [r["mixture"].weights for r in results], self.init_selection)
         self._set_fitted(results[best], x.dtype)
         self.init_lower_bounds_, self.init_effective_components_ = np.array(bounds), np.array(effective)
         self.best_init_ = best

@@ -16,7 +16,8 @@ import torch
 from torch import Tensor
 
 from ..mixture import em
-from ..mixture.estimator import INIT_SELECTIONS, select_start
+from ..mixture.choices import INIT_SELECTIONS
+from ..mixture.em import select_start
 from ..mixture.diagnostics import automatic_reg_covar, degenerate_components, mean_feature_variance, remedy
 from ..mixture.density import MixtureDensity, check_covariance_type, covariance_eigenvalues, covariance_shape
 from ..mixture.start_values import load_start_values

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from .base import Objective, Pretraining
 
 from ..mixture.density import MixtureDensity, at_least_float32, component_log_prob
-from ..mixture.estimator import INIT_SELECTIONS, GaussianMixture
+from ..mixture.choices import INIT_SELECTIONS
 from ..nets.feature_extractor import FeatureExtractor
 from ..mixture.covariances import floor_variances, precision_diagonal
 from ..nets.parameter_generator import GlobalParameters
@@ -158,6 +158,8 @@ class VaDEObjective(Objective):
         Returns the start's confidence: the mean over x of the fit's largest posterior
         probability.  Across autoencoders it tracks the start's accuracy (Spearman 0.93 on
         MNIST seeds 0-9, 0.95 on seeds 10-19, docs/benchmarks.md), so pre-training restarts keep the most confident."""
+        from ..mixture.estimator import GaussianMixture  # loads scikit-learn: not in a job without VaDE
+
         codes, log_var = self.encode(x)
         gen = self.parameter_generator
         gm = GaussianMixture(gen.means.shape[0], covariance_type=gen.covariance_type,
