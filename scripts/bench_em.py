@@ -17,6 +17,7 @@ counts: shared-machine noise only adds time. Prints Markdown tables:
     python scripts/bench_em.py --cases synthetic-full --iters 5 --threads 1 2
     DGMM_LAB_DATA_DIR=../shared/data python scripts/bench_em.py --cases mnist-pca50-full mnist-784-diag
     DGMM_LAB_DATA_DIR=../shared/data python scripts/bench_em.py --end-to-end --iters 10
+    DGMM_LAB_DATA_DIR=../shared/data python scripts/bench_em.py --end-to-end --cases mnist-pca50-k64 --before ../old/src
     python scripts/bench_em.py --device cuda      # ours on the GPU, scikit-learn on --threads cores
 
 Compare times only as ratios within one run: the machine's speed drifts under shared load.
@@ -152,9 +153,11 @@ def fit_one(case: str, impl: str, iters: int, threads: int, dtype: str, device: 
                 peak_gflops=peak, n_iter=int(model.n_iter_))
 
 
-def run_in_subprocess(*args) -> dict:
+def run_in_subprocess(*args, src: str | None = None) -> dict:
+    """fit_one(*args) in a fresh process; ``src``: the dgmm_lab checkout it imports (--before)."""
+    env = dict(os.environ, PYTHONPATH=src) if src else None
     out = subprocess.run([sys.executable, __file__, "--child", json.dumps(args)],
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -214,14 +217,17 @@ def end_to_end_table(args) -> None:
           f"float64, {args.threads[0]} threads, fastest of {args.repeats} processes x 1 fit\n")
     print("| case | N x D, K | fit | seconds | vs sklearn | iterations | mean log-likelihood | peak MB |")
     print("|---|---|---|---|---|---|---|---|")
-    for case, spec in END_TO_END.items():
-        fits = (("scikit-learn", "sklearn", None), ("ours", "ours", None),
-                (f"ours, start from {spec['sample']} rows (init_max_samples)", "ours", spec["sample"]))
-        runs = {label: [] for label, _, _ in fits}
+    for case in [c for c in args.cases if c in END_TO_END] or list(END_TO_END):
+        spec = END_TO_END[case]
+        fits = [("scikit-learn", "sklearn", None, None), ("ours", "ours", None, None),
+                (f"ours, start from {spec['sample']} rows (init_max_samples)", "ours", spec["sample"], None)]
+        if args.before:
+            fits.append(("ours before (older code)", "ours", None, args.before))
+        runs = {label: [] for label, *_ in fits}
         for _ in range(args.repeats):
-            for label, impl, sample in fits:
+            for label, impl, sample, src in fits:
                 runs[label].append(run_in_subprocess(case, impl, args.iters, args.threads[0], "float64", args.device,
-                                                     1, True, sample))
+                                                     1, True, sample, src=src))
         best = {label: min(r, key=lambda r: r["seconds"]) for label, r in runs.items()}
         sk = best["scikit-learn"]["seconds"]
         for label, r in best.items():
@@ -233,7 +239,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     default_cases = [c for c in CASES if (c.startswith("synthetic") or os.environ.get("DGMM_LAB_DATA_DIR"))
                      and c != "synthetic-20k-full"]
-    parser.add_argument("--cases", nargs="+", default=default_cases, choices=list(CASES))
+    parser.add_argument("--cases", nargs="+", default=default_cases, choices=[*CASES, *END_TO_END],
+                        help="with --end-to-end: some of " + ", ".join(END_TO_END) + " (default: all)")
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3,
                         help="rounds of the implementations, each a fresh process; the fastest counts")
@@ -241,11 +248,14 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="where ours runs (cpu, cuda); scikit-learn runs on the CPU")
     parser.add_argument("--end-to-end", action="store_true",
                         help="only the end-to-end table (default starts included) on " + ", ".join(END_TO_END))
+    parser.add_argument("--before", help="with --end-to-end: also ours from this checkout's src/ (older code)")
     parser.add_argument("--child")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(fit_one(*json.loads(args.child))))
         return
+    if not args.end_to_end and set(args.cases) & set(END_TO_END):
+        parser.error(f"{', '.join(END_TO_END)} are cases of --end-to-end")
     if args.end_to_end:
         end_to_end_table(args)
     else:
