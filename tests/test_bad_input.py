@@ -98,6 +98,12 @@ def test_bad_value_is_one_line(args, needles, tmp_path):
     (["foo"], "dgmm_lab: error: 'foo' is not an override (Error parsing override 'foo'); allowed: key=value"),
     (["+model.foo=1"], "dgmm_lab: error: model.foo is not a setting of dgmm_lab.models.em_gmm.EMGMM; "
                        "allowed: n_components, covariance_type, tol, "),
+    # Hydra's own keys: a single run's composition includes them (composition.served_from)
+    (["hydra.run.dirr=x"], "dgmm_lab: error: hydra.run.dirr is not a key of the config; did you mean hydra.run.dir? "
+                           "allowed under hydra.run: dir"),
+    (["hydra.job.chdir=maybe"], "dgmm_lab: error: hydra.job.chdir=maybe: Value 'maybe' is not a valid bool"),
+    (["hydra/launcher=nope"], "dgmm_lab: error: In 'hydra/config': Could not find 'hydra/launcher/nope' "
+                              "Available options in 'hydra/launcher': basic joblib submitit_local submitit_slurm"),
 ])
 def test_unknown_key_is_one_line_with_the_allowed_keys(args, expected, tmp_path):
     """Hydra's own five-line composition errors (exit 1) become one line (exit 2)."""

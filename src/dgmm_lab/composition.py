@@ -3,7 +3,8 @@
 Hydra reports a mistyped key (``model.lambda_enrgy=0.2``) or a malformed override in five
 lines and exit status 1.  ``check_composes`` composes the config once with the command's
 overrides (a sweep by its first point) and turns those errors into one line that names the
-key, its close matches and the keys allowed where it was meant to go.
+key, its close matches and the keys allowed where it was meant to go.  ``served_from`` then
+hands that composition to Hydra's main, which would compose the same config twice more.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ import itertools
 import re
 from contextlib import contextmanager
 
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from .config import CONF_DIR, ConfigError, check_precision
 
 FLAGS = ("-m", "--multirun")
+CONFIG_NAME = "train"  # conf/train.yaml, and the job name of dgmm_lab/train.py's runs
 _ABSENT = object()
 PARTIALS = ("model.optimizer", "model.scheduler")
 # the deep model's flat keys before the objective and optimiser became config groups
@@ -39,8 +42,6 @@ def check_composes(argv: list[str]) -> DictConfig | None:
     if any(a.startswith("-") and a not in FLAGS for a in argv):
         return None  # --help, --cfg, ...: Hydra's own business
     overrides = [a for a in argv if a not in FLAGS]
-    if not overrides:
-        return None  # the shipped config composes (tests); composing it once more costs tenths of a second
     points = [first_point(a) for a in overrides]
     if not any(a in FLAGS for a in argv):
         swept = next((a for a, p in zip(overrides, points) if p != a and not a.lstrip("+~").startswith("hydra")), None)
@@ -49,38 +50,58 @@ def check_composes(argv: list[str]) -> DictConfig | None:
             listed = "" if value.endswith(")") else f", {key}=[{value}] (a list) or {key}='{value}' (a string)"
             raise ConfigError(f"{swept} sweeps over values, which runs only with -m; allowed: {swept} -m "
                               f"(a job each){listed}")
+    multirun = any(a in FLAGS for a in argv)
+    # a single run is composed whole, Hydra's own keys included, as Hydra's run composes it, so
+    # that this composition can be the run's (served_from); a sweep by its first point
     try:
-        cfg = compose([p for p in points if p is not None], with_hydra=True)
+        cfg = compose([p for p in points if p is not None] if multirun else overrides, with_hydra=True)
     except ConfigError:
         raise
     except Exception as err:  # noqa: BLE001 (Hydra's and OmegaConf's errors have no common base)
         raise ConfigError(explain(err, overrides, points)) from None
+    if not multirun and cfg.hydra.mode is None:
+        # where no config chooses the mode (hparams_search does), Hydra's main appends
+        # hydra.mode=RUN to the overrides (hydra/_internal/utils.py, _run_app): as composed with it
+        cfg.hydra.mode = RunMode.RUN
+        cfg.hydra.overrides.hydra.append("hydra.mode=RUN")
     check_search_params(cfg)
     check_precision(cfg)
-    if any(a in FLAGS for a in argv):
+    if multirun:
         check_sweep_base(overrides, points)
         check_precision_points(overrides, points)
     return cfg
 
 
 @contextmanager
-def hydra_mode_from(cfg: DictConfig | None):
-    """Hydra's main composes the config once only to read ``hydra.mode`` (``Hydra.get_mode``),
-    then once more to run it: with ``cfg``, the composition ``check_composes`` made, the first
-    is answered from it (about 0.2 s of each command's start-up, issue 21).  A sweep's first
-    point has the mode of the sweep: no shipped config chooses it per point.  Restored after,
+def served_from(cfg: DictConfig | None, argv: list[str]):
+    """Hydra's main composes the config once only to read ``hydra.mode`` (``Hydra.get_mode``)
+    and once more to run it, about 0.15-0.25 s each (issue 21).  With ``cfg``, the composition
+    ``check_composes`` made of ``argv``, the first is answered from it, and a single run's
+    composition is it: the same config, overrides and job name, composed as Hydra's run composes
+    them (tests/test_composition.py compares the two).  A sweep's first point has the mode of the
+    sweep (no shipped config chooses it per point); its jobs compose their own.  Restored after,
     for a process that runs several commands (the tests)."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
     from hydra._internal.hydra import Hydra
 
-    if cfg is None or not hasattr(Hydra, "get_mode"):
+    if cfg is None or not hasattr(Hydra, "get_mode") or not hasattr(ConfigLoaderImpl, "load_configuration"):
         yield
         return
-    mode, own = cfg.hydra.mode, Hydra.get_mode
+    expected = [a for a in argv if a not in FLAGS]
+    unused = [] if any(a in FLAGS for a in argv) else [cfg]
+    mode, own_mode, own_load = cfg.hydra.mode, Hydra.get_mode, ConfigLoaderImpl.load_configuration
+
+    def load_configuration(self, config_name, overrides, run_mode, **kwargs):
+        if unused and (config_name, list(overrides), run_mode) == (CONFIG_NAME, expected, RunMode.RUN):
+            return unused.pop()  # once: a later composition (a second command) is its own
+        return own_load(self, config_name, overrides, run_mode, **kwargs)
+
     Hydra.get_mode = lambda self, config_name, overrides: mode
+    ConfigLoaderImpl.load_configuration = load_configuration
     try:
         yield
     finally:
-        Hydra.get_mode = own
+        Hydra.get_mode, ConfigLoaderImpl.load_configuration = own_mode, own_load
 
 
 # the choices that decide whether trainer.precision=bf16-mixed is allowed (config.check_precision)
@@ -172,8 +193,9 @@ def compose(overrides: list[str], with_hydra: bool = False) -> DictConfig:
 
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return hydra_compose("train", overrides=overrides, return_hydra_config=with_hydra)
+        # the job name Hydra's main gives a run of dgmm_lab/train.py (hydra.job.name)
+        with initialize_config_dir(config_dir=str(CONF_DIR), job_name=CONFIG_NAME, version_base="1.3"):
+            return hydra_compose(CONFIG_NAME, overrides=overrides, return_hydra_config=with_hydra)
     finally:
         GlobalHydra.instance().clear()
 
@@ -188,7 +210,10 @@ def explain(err: Exception, overrides: list[str], points: list[str | None]) -> s
     if match:
         key = match.group(1)
         return unknown_key(key, [p for p, a in zip(points, overrides) if p is not None and not a.startswith(f"{key}=")])
-    return text.split(" Set the environment variable HYDRA_FULL_ERROR")[0]
+    if text.startswith("Error merging override ") and err.__cause__ is not None:
+        # Hydra's own typed keys (hydra.job.chdir=maybe): the reason is in the cause
+        return f"{text.removeprefix('Error merging override ')}: {str(err.__cause__).splitlines()[0]}"
+    return text.split(" Set the environment variable HYDRA_FULL_ERROR")[0].split(" Config search path:")[0]
 
 
 def unknown_key(key: str, other_overrides: list[str]) -> str:

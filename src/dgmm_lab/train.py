@@ -40,7 +40,7 @@ try:  # a signal while these load (about a second) is the one line below, not a 
     from hydra.types import RunMode
     from omegaconf import DictConfig
 
-    from .composition import check_composes, hydra_mode_from
+    from .composition import check_composes, served_from
     from .config import CONF_DIR, ConfigError, check_config, check_override_ranges, check_overrides, report_and_exit
     from .console import quiet_lightning
     from .lifecycle import Interrupted, global_rank_from_env
@@ -113,7 +113,7 @@ def cli() -> None:
         check_overrides(sys.argv[1:])
         composed = check_composes(sys.argv[1:])
         check_override_ranges(sys.argv[1:])
-        with hydra_mode_from(composed):
+        with served_from(composed, sys.argv[1:]):
             main()
     except ConfigError as err:
         report_and_exit(err)
